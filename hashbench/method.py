@@ -1,0 +1,118 @@
+"""The method contract: ``Method(bits=..., seed=..., **hyperparameters).fit(train).encode(view)``.
+
+A method never touches files, devices it was not given, or metrics. It declares what it consumes in
+``consumes`` and the runner hands it a :class:`View` holding exactly that:
+
+``features``    pooled, re-id adapted CNN features (N, D) float32 (the IDE stage's output)
+``maps``        frozen trunk feature maps (N, C, H, W) float16, for methods that train their own top
+``attributes``  identity-level attribute codes (N, n_groups) int16, -1 unknown
+
+``encode`` returns codes as an (N, bits) uint8 array of 0/1; packing and search are the core's job.
+As in scikit-learn, ``__init__`` only stores hyperparameters and learned state ends in ``_``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .data import AttributeSchema
+from .errors import HashbenchError
+
+INPUTS = ("features", "maps", "attributes")
+
+
+@dataclass
+class View:
+    """What a method sees of one split: its labels and the inputs the method declared."""
+
+    split: str
+    pids: np.ndarray
+    camids: np.ndarray
+    features: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    attributes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def require(self, name: str) -> np.ndarray:
+        value = getattr(self, name)
+        if value is None:
+            raise HashbenchError(f"view of split {self.split!r} carries no {name!r}")
+        return value
+
+    def subset(self, index: np.ndarray) -> View:
+        """The same view restricted to rows ``index`` (used for validation hold-outs)."""
+
+        def take(a):
+            return None if a is None else a[index]
+
+        return View(self.split, self.pids[index], self.camids[index], take(self.features), take(self.maps),
+                    take(self.attributes))
+
+
+@dataclass
+class Context:
+    """What the runner lends a method for training: never files, only resources and metadata."""
+
+    device: str = "cpu"
+    schema: AttributeSchema | None = None
+    backbone: Any = None  # hashbench.backbones.Backbone, for methods that consume "maps"
+    progress: bool = False
+    extras: dict = field(default_factory=dict)
+
+
+class HashMethod(ABC):
+    """Base class of hashing methods. Subclasses list their hyperparameters in ``__init__``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    consumes: ClassVar[frozenset[str]] = frozenset({"features"})
+    supervised: ClassVar[bool] = False
+
+    def __init__(self, bits: int, seed: int = 0) -> None:
+        self.bits = bits
+        self.seed = seed
+
+    @abstractmethod
+    def fit(self, train: View, context: Context | None = None) -> HashMethod:
+        """Learn the hash functions from the training split; returns ``self``."""
+
+    @abstractmethod
+    def encode(self, view: View) -> np.ndarray:
+        """Binary codes of ``view``: (N, bits) uint8 in {0, 1}."""
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (hyperparameters), as in scikit-learn; they go into the config hash."""
+        sig = inspect.signature(type(self).__init__)
+        return {
+            p: getattr(self, p)
+            for p in sig.parameters
+            if p != "self" and sig.parameters[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_codes(codes: np.ndarray, n: int, bits: int, who: str) -> np.ndarray:
+    """Validate a method's ``encode`` output and return it as uint8 0/1."""
+    codes = np.asarray(codes)
+    if codes.shape != (n, bits):
+        raise HashbenchError(f"method {who!r} returned codes of shape {codes.shape}, expected {(n, bits)}")
+    if codes.dtype == bool:
+        return codes.astype(np.uint8)
+    if not np.isin(codes, (0, 1)).all():
+        raise HashbenchError(f"method {who!r} returned codes that are not 0/1")
+    return codes.astype(np.uint8, copy=False)
+
+
+def sign_to_bits(x: np.ndarray) -> np.ndarray:
+    """Threshold real values at zero into {0, 1} codes (x > 0 -> 1)."""
+    return (np.asarray(x) > 0).astype(np.uint8)

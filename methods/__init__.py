@@ -1,0 +1,14 @@
+"""Built-in hashing method plugins of hashbench (import name ``hashbench_methods``).
+
+Registered through the ``hashbench`` entry-point group exactly like a third-party plugin.
+"""
+
+from hashbench.hookspecs import hookimpl
+
+
+@hookimpl
+def hashbench_register_methods():
+    from .itq import ITQ
+    from .lsh import LSH
+
+    return [LSH, ITQ]

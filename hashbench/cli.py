@@ -1,0 +1,193 @@
+"""Command line: ``hashbench list | run | report``.
+
+Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import HashbenchError
+
+POWERS = [2**k for k in range(3, 17)]
+
+
+def parse_bits(text: str) -> list[int]:
+    """``128-2048`` (powers of two in that range), ``64,128`` (a list) or ``512``; multiples of 8."""
+    text = text.strip()
+    try:
+        if "-" in text:
+            lo, hi = (int(t) for t in text.split("-", 1))
+            if lo not in POWERS or hi not in POWERS or lo > hi:
+                raise ValueError
+            return [b for b in POWERS if lo <= b <= hi]
+        bits = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise HashbenchError(
+            f"--bits {text!r}: expected a range of powers of two like 128-2048, a list like 64,128, or one value"
+        ) from None
+    bad = [b for b in bits if b <= 0 or b % 8]
+    if not bits or bad:
+        raise HashbenchError(f"--bits {text!r}: code lengths must be positive multiples of 8 (got {bad or 'none'})")
+    return sorted(set(bits))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(t) for t in text.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise HashbenchError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 256x128") from None
+    return h, w
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_params(items: list[str], prefix_required: bool = True) -> dict:
+    """``method.key=value`` items -> {method: {key: value}} (or {key: value} without prefixes)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise HashbenchError(f"{item!r}: expected key=value")
+        if prefix_required:
+            method, dot, name = key.partition(".")
+            if not dot:
+                raise HashbenchError(f"--param {item!r}: expected METHOD.KEY=VALUE, e.g. itq.n_iter=20")
+            out.setdefault(method, {})[name] = _value(value)
+        else:
+            out[key] = _value(value)
+    return out
+
+
+def cmd_list(args) -> int:
+    from .registry import Registry
+
+    reg = Registry.load()
+    for kind, table in (("methods", reg.methods), ("datasets", reg.datasets), ("backbones", reg.backbones)):
+        print(f"{kind}:")
+        for name, klass in sorted(table.items()):
+            origin = klass.__module__.split(".")[0]
+            print(f"  {name:<14} {klass.description}  [{origin}]")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .ide import IDEConfig
+    from .report import write_report
+    from .runner import RunConfig, run
+
+    ide_fields = {f.name for f in fields(IDEConfig)}
+    ide_opts = parse_params(args.ide, prefix_required=False)
+    bad = [k for k in ide_opts if k not in ide_fields]
+    if bad:
+        raise HashbenchError(f"--ide {bad[0]}: unknown option; valid: {', '.join(sorted(ide_fields))}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise HashbenchError("--methods: give at least one method (see `hashbench list`)")
+    if args.data_root is not None and not Path(args.data_root).exists():
+        raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
+    out = Path(args.out) if args.out else Path("results") / args.dataset
+    config = RunConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        dataset_options=parse_params(args.dataset_option, prefix_required=False),
+        methods=methods,
+        bits=parse_bits(args.bits),
+        backbone=args.backbone,
+        weights=args.weights,
+        cut=args.cut,
+        input_size=parse_size(args.input_size) if args.input_size else None,
+        ide=IDEConfig(**{**ide_opts, "seed": args.seed}),
+        method_params=parse_params(args.param),
+        seed=args.seed,
+        device=args.device,
+        out=out,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        search_backend=args.search,
+        progress=not args.no_progress,
+    )
+    t0 = time.perf_counter()
+    run(config)
+    print(f"\nresults: {out / 'results.csv'}  (wall time {time.perf_counter() - t0:.1f} s)\n")
+    print(write_report(out).markdown)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    report = write_report(args.results, out_dir=Path(args.out) if args.out else None,
+                          cmc_bits=tuple(parse_bits(args.cmc_bits)), paper=args.paper)
+    print(report.markdown)
+    print("written: " + ", ".join(sorted(str(p) for p in report.values())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hashbench", description="Benchmark hashing methods for person re-id.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list the registered methods, datasets and backbones")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("run", help="train and evaluate methods × code lengths; append rows to results.csv")
+    s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
+    s.add_argument("--data-root", help="dataset folder or distribution zip")
+    s.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option, repeatable")
+    s.add_argument("--methods", default="lsh,itq", help="comma-separated method names (default: lsh,itq)")
+    s.add_argument("--bits", default="128-2048", help="code lengths: 128-2048, 64,128 or 512 (default 128-2048)")
+    s.add_argument("--param", action="append", metavar="METHOD.KEY=VALUE", help="method hyperparameter, repeatable")
+    s.add_argument("--backbone", default="mobilenetv2")
+    s.add_argument("--weights", default="imagenet", help="imagenet (default source), a file, a URL, or none")
+    s.add_argument("--cut", help="backbone cut between frozen trunk and trainable top (default: the backbone's)")
+    s.add_argument("--input-size", help="HEIGHTxWIDTH (default: the dataset's, 256x128 for Market-1501)")
+    s.add_argument("--ide", action="append", metavar="KEY=VALUE", help="IDE stage option (epochs, lr, ...)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    s.add_argument("--out", help="results directory (default: results/<dataset>)")
+    s.add_argument("--cache-dir", help="feature cache (default: $HASHBENCH_CACHE or ~/.cache/hashbench)")
+    s.add_argument("--search", default="auto", choices=("auto", "faiss", "numpy"), help="Hamming search backend")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("report", help="tables (Markdown, LaTeX) and plots from a results CSV or directory")
+    s.add_argument("results", help="results.csv or the directory holding it")
+    s.add_argument("--out", help="where to write tables and plots (default: beside the CSV)")
+    s.add_argument("--cmc-bits", default="2048,128", help="code lengths to draw CMC curves for")
+    s.add_argument("--paper", help="CSV of published rows (method, bits, map) to compare against")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except HashbenchError as exc:
+        print(f"hashbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hashbench: interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

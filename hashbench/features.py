@@ -1,0 +1,153 @@
+"""The feature cache: trunk outputs of every split, computed once and stored on disk.
+
+Layout: ``<cache>/trunk/<key>/<split>.npy`` (float16, N × C × H × W, memory-mapped on read) plus
+``meta.json``. The key is a digest of everything the maps depend on: the dataset's content digest,
+backbone name and weights digest, cut, input size and image transform. Extraction writes into
+``<split>.npy.part`` and records the rows done in ``<split>.rows``; a killed extraction resumes from
+the last completed batch, and a finished split is renamed into place atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backbones import TRANSFORM_ID, Backbone, to_tensor
+from .data import Dataset, Record
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "HASHBENCH_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$HASHBENCH_CACHE`` if set, else ``~/.cache/hashbench``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hashbench"
+
+
+def digest_of(obj) -> str:
+    """Stable short digest of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrunkKey:
+    dataset: str
+    dataset_digest: str
+    backbone: str
+    weights_digest: str
+    cut: str
+    input_size: tuple[int, int]
+    transform: str = TRANSFORM_ID
+
+    def digest(self) -> str:
+        return digest_of(asdict(self))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    from .errors import HashbenchError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HashbenchError("--device cuda: no CUDA device available (use --device auto or cpu)")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise HashbenchError(f"--device {device!r}: expected auto, cpu or cuda")
+    return torch.device(device)
+
+
+def batched(it: Iterator, n: int) -> Iterator[list]:
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+class FeatureCache:
+    """Computes and stores trunk maps per split; a second call with the same key only memory-maps them."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def trunk_dir(self, key: TrunkKey) -> Path:
+        return self.root / "trunk" / key.digest()
+
+    def trunk_maps(
+        self,
+        dataset: Dataset,
+        records: dict[str, Sequence[Record]],
+        backbone: Backbone,
+        cut: str,
+        input_size: tuple[int, int],
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> tuple[dict[str, np.ndarray], dict]:
+        """Trunk maps of every split (memory-mapped float16) and timing info ``{"extract_s": ...}``."""
+        key = TrunkKey(dataset.name, dataset.digest(), backbone.name, backbone.weights_digest, cut, tuple(input_size))
+        folder = self.trunk_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta_path = folder / "meta.json"
+        if not meta_path.exists():
+            _write_json(meta_path, {"key": asdict(key), "shape": backbone.trunk_shape(cut, input_size)})
+        shape = tuple(json.loads(meta_path.read_text())["shape"])
+        out, seconds = {}, 0.0
+        trunk = None
+        for split, recs in records.items():
+            path = folder / f"{split}.npy"
+            if not path.exists():
+                if trunk is None:  # channels_last: about 30 % faster on CPU for MobileNetV2
+                    trunk = backbone.trunk(cut).to(device, memory_format=torch.channels_last)
+                t0 = time.perf_counter()
+                self._extract(dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split)
+                seconds += time.perf_counter() - t0
+            maps = np.load(path, mmap_mode="r")
+            if maps.shape != (len(recs), *shape):
+                raise RuntimeError(f"cached maps {path} have shape {maps.shape}, expected {(len(recs), *shape)}")
+            out[split] = maps
+        return out, {"extract_s": seconds, "cache_dir": str(folder), "key": key.digest()}
+
+    def _extract(self, dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split) -> None:
+        part, rows_file = path.with_suffix(".npy.part"), path.with_suffix(".rows")
+        n = len(recs)
+        done = int(rows_file.read_text()) if part.exists() and rows_file.exists() else 0
+        mode = "r+" if done else "w+"
+        arr = np.lib.format.open_memmap(part, mode=mode, dtype=np.float16, shape=(n, *shape))
+        if done:
+            log.info("resuming %s extraction at row %d of %d", split, done, n)
+        bar = tqdm(total=n, initial=done, desc=f"trunk maps [{split}]", unit="img", disable=not progress,
+                   dynamic_ncols=True, smoothing=0.1)
+        images = dataset.open_images(recs[done:])
+        row = done
+        with torch.inference_mode():
+            for batch in batched(images, batch_size):
+                x = to_tensor(batch, input_size).to(device, memory_format=torch.channels_last)
+                y = trunk(x).to("cpu", torch.float16).numpy()
+                arr[row : row + len(batch)] = y
+                row += len(batch)
+                if row % (batch_size * 16) == 0 or row == n:
+                    arr.flush()
+                    rows_file.write_text(str(row))
+                bar.update(len(batch))
+        bar.close()
+        arr.flush()
+        del arr
+        os.replace(part, path)
+        rows_file.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,137 @@
+"""The results store: one CSV row per (method, bits) cell, with its provenance, plus artifacts.
+
+``<out>/results.csv`` gets one row appended (and fsynced) per finished cell; the cell's codes, per-query
+AP and CMC go to ``<out>/cells/<method>-<bits>-<config hash>.npz`` *before* the row is written, so a
+row always points at a complete artifact and a killed run loses at most the cell in progress. A cell
+is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+CSV_NAME = "results.csv"
+
+
+@dataclass
+class ResultRow:
+    dataset: str
+    method: str
+    bits: int | None  # None for real-valued reference rows
+    map: float
+    rank1: float
+    rank5: float
+    rank10: float
+    rank20: float
+    train_s: float
+    encode_s: float
+    encode_ms_per_image: float
+    query_ms: float  # per query, against the whole gallery (distances + ranking)
+    bytes_per_code: int
+    n_train: int
+    n_query: int
+    n_gallery: int
+    backbone: str
+    input_size: str
+    seed: int
+    device: str
+    version: str
+    commit: str
+    config_hash: str
+    date: str
+    artifact: str
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit of the hashbench source tree (``+dirty`` if it has uncommitted changes), or 'unknown'."""
+    here = Path(path or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def device_name(device: str) -> str:
+    """A readable device label: 'cpu (N threads, <cpu>)' or the CUDA device name."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    import torch
+
+    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+
+
+class ResultStore:
+    """A results directory: ``results.csv`` plus the ``cells/`` artifacts."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.csv = self.out / CSV_NAME
+
+    def rows(self) -> list[dict]:
+        if not self.csv.exists():
+            return []
+        with open(self.csv, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def finished(self, dataset: str, method: str, bits: int | None, config_hash: str) -> dict | None:
+        want = (dataset, method, "" if bits is None else str(bits), config_hash)
+        for row in self.rows():
+            if (row["dataset"], row["method"], row["bits"], row["config_hash"]) == want:
+                return row
+        return None
+
+    def artifact_path(self, method: str, bits: int | None, config_hash: str) -> Path:
+        return self.out / "cells" / f"{method}-{bits if bits is not None else 'float'}-{config_hash}.npz"
+
+    def save_artifact(self, path: Path, **arrays: np.ndarray) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+        return str(path.relative_to(self.out))
+
+    def append(self, row: ResultRow) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        new = not self.csv.exists() or self.csv.stat().st_size == 0
+        values = asdict(row)
+        values["bits"] = "" if row.bits is None else row.bits
+        with open(self.csv, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=ResultRow.columns())
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in values.items()})
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return v
+
+
+__all__ = ["ResultRow", "ResultStore", "git_commit", "now", "device_name", "__version__"]

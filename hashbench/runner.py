@@ -1,0 +1,233 @@
+"""The runner: methods × code lengths on one dataset, one results row per cell.
+
+Pipeline (DESIGN.md): dataset -> frozen trunk maps (cached) -> adapted IDE features (cached) ->
+for each (method, bits): fit, encode, pack, Hamming-rank, score -> artifact + CSV row. Each cell is a
+pure function of its configuration and seed; finished cells (same config hash) are skipped, so a
+killed run resumes at the cell it was in. The runner never knows a method's internals: it hands the
+method a :class:`~hashbench.method.View` with exactly the inputs the method declares.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, metrics, search
+from .data import Dataset, Splits
+from .errors import HashbenchError
+from .features import FeatureCache, default_cache_dir, digest_of, resolve_device
+from .ide import IDEConfig, adapted_features
+from .method import INPUTS, Context, HashMethod, View, check_codes
+from .registry import Registry
+from .results import ResultRow, ResultStore, device_name, git_commit, now
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "ide-float"
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on; the per-cell config hash is derived from it."""
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+    methods: Sequence[str] = ("lsh", "itq")
+    bits: Sequence[int] = (128, 256, 512, 1024, 2048)
+    backbone: str = "mobilenetv2"
+    weights: str = "imagenet"
+    cut: str | None = None
+    input_size: tuple[int, int] | None = None
+    ide: IDEConfig = field(default_factory=IDEConfig)
+    method_params: dict[str, dict] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    out: Path | None = None
+    cache_dir: Path | None = None
+    search_backend: str = "auto"
+    reference: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Prepared:
+    """What the grid shares: dataset, label arrays, attributes and the cached inputs of each split."""
+
+    dataset: Dataset
+    splits: Splits
+    attributes: object
+    inputs: dict[str, dict[str, np.ndarray]]  # input name -> split -> array
+    backbone: object
+    cut: str
+    input_size: tuple[int, int]
+    device: torch.device
+    base_config: dict
+    timings: dict
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
+    """Load the dataset, extract or load trunk maps, adapt features: everything the cells share."""
+    dataset_cls = registry.dataset(config.dataset)
+    backbone_cls = registry.backbone(config.backbone)
+    dataset: Dataset = dataset_cls(config.data_root, **config.dataset_options)
+    splits = Splits(dataset.splits())
+    attributes = dataset.attributes()
+    device = resolve_device(config.device)
+    cache = FeatureCache(config.cache_dir or default_cache_dir())
+    input_size = tuple(config.input_size or dataset.default_input_size)
+    backbone = backbone_cls(config.weights).load_weights(cache.root)
+    cut = config.cut or backbone.default_cut
+    backbone.check_cut(cut)
+    log.info("dataset %s: %s", dataset.name, ", ".join(f"{k} {len(v)}" for k, v in splits.records.items()))
+    maps, info = cache.trunk_maps(dataset, splits.records, backbone, cut, input_size, device,
+                                  progress=config.progress)
+    timings = {"extract_s": info["extract_s"]}
+    inputs: dict[str, dict[str, np.ndarray]] = {"maps": maps}
+    if "features" in need or config.reference:
+        feats, ide_info = adapted_features(cache.root, info["key"], maps, splits.arrays["train"].pids, backbone,
+                                           cut, config.ide, device, progress=config.progress)
+        inputs["features"] = feats
+        timings.update({k: v for k, v in ide_info.items() if k.endswith("_s")})
+        timings["ide_history"] = ide_info.get("ide_history")
+    if "attributes" in need:
+        if attributes is None:
+            raise HashbenchError(f"dataset {dataset.name!r} has no attribute table, needed by a method")
+        inputs["attributes"] = {s: attributes.lookup(splits.arrays[s].pids) for s in splits.records}
+    base = {
+        "dataset": dataset.config(),
+        "dataset_digest": dataset.digest(),
+        "backbone": backbone.config(),
+        "cut": cut,
+        "input_size": list(input_size),
+        "ide": asdict(config.ide),
+        "seed": config.seed,
+    }
+    return Prepared(dataset, splits, attributes, inputs, backbone, cut, input_size, device, base, timings)
+
+
+def make_view(prep: Prepared, split: str, consumes: frozenset[str]) -> View:
+    arrays = prep.splits.arrays[split]
+    extra = {name: prep.inputs[name][split] for name in consumes}
+    return View(split, arrays.pids, arrays.camids, **extra)
+
+
+def parse_method_params(methods: Sequence[str], registry: Registry, params: dict[str, dict]) -> None:
+    """Fail early on unknown methods or hyperparameters (before any heavy work)."""
+    import inspect
+
+    for name in methods:
+        klass = registry.method(name)
+        bad = [k for k in params.get(name, {}) if k not in inspect.signature(klass.__init__).parameters]
+        if bad:
+            valid = [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "bits", "seed")]
+            raise HashbenchError(f"--param {name}.{bad[0]}: unknown hyperparameter; valid: {', '.join(valid)}")
+    for name in params:
+        if name not in methods:
+            raise HashbenchError(f"--param {name}.*: method {name!r} is not in --methods")
+
+
+def evaluate_codes(prep: Prepared, q_codes: np.ndarray, g_codes: np.ndarray, backend: str):
+    """Rank the gallery by Hamming distance and score; returns (evaluation, query ms per query)."""
+    qp, gp = search.pack_codes(q_codes), search.pack_codes(g_codes)
+    t0 = time.perf_counter()
+    ranking = search.hamming_rank(qp, gp, backend=backend)
+    query_ms = (time.perf_counter() - t0) * 1000 / len(qp)
+    q, g = prep.splits.arrays["query"], prep.splits.arrays["gallery"]
+    return metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids), query_ms
+
+
+def run(config: RunConfig, registry: Registry | None = None, on_row: Callable[[ResultRow], None] | None = None
+        ) -> list[ResultRow]:
+    """Run the grid; returns the rows computed by this call (cells finished earlier are skipped)."""
+    registry = registry or Registry.load()
+    methods = list(config.methods)
+    for name in methods:
+        registry.method(name)  # unknown name: error before any work
+    parse_method_params(methods, registry, config.method_params)
+    need = set().union(*(registry.method(m).consumes for m in methods)) if methods else set()
+    unknown_inputs = need - set(INPUTS)
+    if unknown_inputs:
+        raise HashbenchError(f"a method consumes unknown input(s) {sorted(unknown_inputs)}; known: {INPUTS}")
+    out = Path(config.out or Path("results") / config.dataset)
+    store = ResultStore(out)
+    seed_everything(config.seed)
+    prep = prepare(config, registry, need)
+    commit = git_commit()
+    dev = device_name(str(prep.device))
+    counts = {s: len(prep.splits.records[s]) for s in ("train", "query", "gallery")}
+    rows: list[ResultRow] = []
+
+    def emit(method: str, bits: int | None, ev, train_s, encode_s, query_ms, nbytes, chash, artifact) -> None:
+        m = ev.to_dict()
+        row = ResultRow(
+            dataset=prep.dataset.name, method=method, bits=bits, map=m["map"], rank1=m["rank1"], rank5=m["rank5"],
+            rank10=m["rank10"], rank20=m["rank20"], train_s=train_s, encode_s=encode_s,
+            encode_ms_per_image=1000 * encode_s / (counts["query"] + counts["gallery"]), query_ms=query_ms,
+            bytes_per_code=nbytes, n_train=counts["train"], n_query=counts["query"], n_gallery=counts["gallery"],
+            backbone=f"{prep.backbone.name}/{prep.cut}", input_size="x".join(map(str, prep.input_size)),
+            seed=config.seed, device=dev, version=__version__, commit=commit, config_hash=chash, date=now(),
+            artifact=artifact,
+        )
+        store.append(row)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+
+    q, g = prep.splits.arrays["query"], prep.splits.arrays["gallery"]
+    if config.reference:
+        chash = digest_of({**prep.base, "method": REFERENCE, "metric": "cosine"})
+        if store.finished(prep.dataset.name, REFERENCE, None, chash):
+            log.info("%s: finished earlier, skipped", REFERENCE)
+        else:
+            fq, fg = prep.inputs["features"]["query"], prep.inputs["features"]["gallery"]
+            t0 = time.perf_counter()
+            ranking = search.float_rank(fq, fg, metric="cosine")
+            query_ms = (time.perf_counter() - t0) * 1000 / len(fq)
+            ev = metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids)
+            art = store.save_artifact(store.artifact_path(REFERENCE, None, chash), ap=ev.ap, cmc=ev.cmc)
+            emit(REFERENCE, None, ev, prep.timings.get("ide_train_s", 0.0), prep.timings.get("ide_embed_s", 0.0),
+                 query_ms, fq.shape[1] * 4, chash, art)
+            log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
+
+    cells = [(m, b) for m in methods for b in config.bits]
+    for k, (name, bits) in enumerate(cells, 1):
+        klass = registry.method(name)
+        params = dict(config.method_params.get(name, {}))
+        method: HashMethod = klass(bits=bits, seed=config.seed, **params)
+        chash = digest_of({**prep.base, "method": name, "params": method.get_params()})
+        tag = f"cell {k}/{len(cells)} {name} @ {bits} bits"
+        if store.finished(prep.dataset.name, name, bits, chash):
+            log.info("%s: finished earlier, skipped", tag)
+            continue
+        log.info("%s: training", tag)
+        seed_everything(config.seed)
+        context = Context(device=str(prep.device), schema=prep.attributes.schema if prep.attributes else None,
+                          backbone=prep.backbone, progress=config.progress, extras={"cut": prep.cut})
+        t0 = time.perf_counter()
+        method.fit(make_view(prep, "train", klass.consumes), context)
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        q_codes = check_codes(method.encode(make_view(prep, "query", klass.consumes)), len(q.pids), bits, name)
+        g_codes = check_codes(method.encode(make_view(prep, "gallery", klass.consumes)), len(g.pids), bits, name)
+        encode_s = time.perf_counter() - t0
+        ev, query_ms = evaluate_codes(prep, q_codes, g_codes, config.search_backend)
+        art = store.save_artifact(store.artifact_path(name, bits, chash), ap=ev.ap, cmc=ev.cmc,
+                                  query_codes=search.pack_codes(q_codes), gallery_codes=search.pack_codes(g_codes))
+        emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art)
+        d = ev.to_dict()
+        log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", tag, d["map"], d["rank1"], train_s)
+    return rows

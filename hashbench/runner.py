@@ -189,7 +189,7 @@ def run(config: RunConfig, registry: Registry | None = None, on_row: Callable[[R
 
     q, g = prep.splits.arrays["query"], prep.splits.arrays["gallery"]
     if config.reference:
-        chash = digest_of({**prep.base, "method": REFERENCE, "metric": "cosine"})
+        chash = digest_of({**prep.base_config, "method": REFERENCE, "metric": "cosine"})
         if store.finished(prep.dataset.name, REFERENCE, None, chash):
             log.info("%s: finished earlier, skipped", REFERENCE)
         else:
@@ -208,7 +208,7 @@ def run(config: RunConfig, registry: Registry | None = None, on_row: Callable[[R
         klass = registry.method(name)
         params = dict(config.method_params.get(name, {}))
         method: HashMethod = klass(bits=bits, seed=config.seed, **params)
-        chash = digest_of({**prep.base, "method": name, "params": method.get_params()})
+        chash = digest_of({**prep.base_config, "method": name, "params": method.get_params()})
         tag = f"cell {k}/{len(cells)} {name} @ {bits} bits"
         if store.finished(prep.dataset.name, name, bits, chash):
             log.info("%s: finished earlier, skipped", tag)

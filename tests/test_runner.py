@@ -1,0 +1,134 @@
+"""End to end: the runner on a tiny synthetic set, resume, determinism, a plugin, CLI errors."""
+
+import csv
+import zipfile
+
+import numpy as np
+import pytest
+
+from hashbench.cli import main
+from hashbench.ide import IDEConfig
+from hashbench.registry import Registry
+from hashbench.results import ResultRow
+from hashbench.runner import RunConfig, run
+
+from .plugin_fixture import install_throwaway_plugin
+
+TINY = {"n_train_ids": 16, "n_test_ids": 16}
+
+
+def tiny_config(tmp_path, **kw) -> RunConfig:
+    base = dict(dataset="synthetic", dataset_options=TINY, methods=["lsh", "itq"], bits=[16, 32],
+                input_size=(64, 32), ide=IDEConfig(epochs=1, batch_size=32), out=tmp_path / "res",
+                cache_dir=tmp_path / "cache", progress=False, device="cpu")
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def read_rows(path):
+    with open(path / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    rows = run(tiny_config(tmp))
+    return tmp, rows
+
+
+def test_grid_writes_one_row_per_cell_with_provenance(finished):
+    tmp, rows = finished
+    assert [(r.method, r.bits) for r in rows] == [("ide-float", None), ("lsh", 16), ("lsh", 32), ("itq", 16), ("itq", 32)]
+    stored = read_rows(tmp / "res")
+    assert list(stored[0]) == ResultRow.columns()
+    assert len(stored) == 5
+    for row in stored:
+        assert 0 < float(row["map"]) <= 100 and 0 <= float(row["rank1"]) <= 100
+        assert float(row["rank1"]) <= float(row["rank5"]) <= float(row["rank10"]) <= float(row["rank20"])
+        assert row["commit"] and row["config_hash"] and row["date"] and row["device"].startswith("cpu")
+        art = np.load(tmp / "res" / row["artifact"])
+        assert art["cmc"].shape == (50,) and np.all(np.diff(art["cmc"]) >= 0)
+    lsh16 = next(r for r in stored if r["method"] == "lsh" and r["bits"] == "16")
+    assert lsh16["bytes_per_code"] == "2"
+    codes = np.load(tmp / "res" / lsh16["artifact"])["gallery_codes"]
+    assert codes.shape == (int(lsh16["n_gallery"]), 2) and codes.dtype == np.uint8
+
+
+def test_hashing_is_above_chance_and_below_perfect(finished):
+    _, rows = finished
+    ref = rows[0]
+    assert ref.method == "ide-float" and 5 < ref.map < 100
+    itq32 = next(r for r in rows if r.method == "itq" and r.bits == 32)
+    assert 5 < itq32.map < 100
+
+
+def test_rerun_skips_finished_cells_and_resumes_a_lost_one(finished):
+    tmp, rows = finished
+    config = tiny_config(tmp)
+    assert run(config) == []  # everything finished: nothing recomputed
+    # a run killed during its last cell: the row never got written
+    path = tmp / "res" / "results.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+    redone = run(config)
+    assert [(r.method, r.bits) for r in redone] == [("itq", 32)]
+    assert redone[0].map == pytest.approx(rows[-1].map)  # same config, same seed: same number
+    assert len(read_rows(tmp / "res")) == 5
+
+
+def test_a_third_party_plugin_runs_through_the_runner(finished, tmp_path, monkeypatch):
+    cache = finished[0] / "cache"  # reuse the features: only the plugin's cells are new work
+    install_throwaway_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = run(tiny_config(tmp_path, methods=["throwaway"], bits=[16], cache_dir=cache, reference=False),
+               registry=Registry.load())
+    assert [(r.method, r.bits) for r in rows] == [("throwaway", 16)]
+    assert read_rows(tmp_path / "res")[0]["method"] == "throwaway"
+
+
+def test_changing_a_hyperparameter_is_a_new_cell(finished, tmp_path):
+    cache = finished[0] / "cache"
+    cfg = tiny_config(tmp_path, methods=["itq"], bits=[16], cache_dir=cache, reference=False)
+    assert len(run(cfg)) == 1
+    assert run(cfg) == []
+    assert len(run(tiny_config(tmp_path, methods=["itq"], bits=[16], cache_dir=cache, reference=False,
+                               method_params={"itq": {"n_iter": 5}}))) == 1
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def test_cli_errors_are_one_line_and_name_the_culprit(tmp_path, capsys):
+    code, err = cli(capsys, "run", "--dataset", "market1501", "--data-root", str(tmp_path / "nowhere.zip"))
+    assert code == 2 and "--data-root" in err and "nowhere.zip" in err
+    bogus = tmp_path / "notmarket.zip"
+    with zipfile.ZipFile(bogus, "w") as z:
+        z.writestr("hello/readme.txt", "not a dataset")
+    code, err = cli(capsys, "run", "--dataset", "market1501", "--data-root", str(bogus), "--cache-dir",
+                    str(tmp_path / "c"))
+    assert code == 2 and "notmarket.zip" in err
+    code, err = cli(capsys, "run", "--bits", "100")
+    assert code == 2 and err == "hashbench: error: --bits '100': code lengths must be positive multiples of 8 (got [100])"
+    code, err = cli(capsys, "run", "--methods", "lsh,nope")
+    assert code == 2 and "unknown method 'nope'" in err and "itq" in err
+    code, err = cli(capsys, "run", "--methods", "itq", "--param", "itq.bogus=1")
+    assert code == 2 and "itq.bogus" in err and "n_iter" in err
+    code, err = cli(capsys, "run", "--device", "cuda", "--methods", "lsh") if not _has_cuda() else (2, "--device")
+    assert code == 2 and "--device" in err
+
+
+def _has_cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_cli_list_shows_each_plugin(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lsh", "itq", "synthetic", "market1501", "dukemtmc", "mobilenetv2", "resnet50"):
+        assert f"  {name} " in out

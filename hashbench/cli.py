@@ -34,7 +34,9 @@ def parse_bits(text: str) -> list[int]:
         ) from None
     bad = [b for b in bits if b <= 0 or b % 8]
     if not bits or bad:
-        raise HashbenchError(f"--bits {text!r}: code lengths must be positive multiples of 8 (got {bad or 'none'})")
+        raise HashbenchError(
+            f"--bits {text!r}: code lengths must be positive multiples of 8 (got {bad or 'none'})"
+        )
     return sorted(set(bits))
 
 
@@ -131,8 +133,12 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    report = write_report(args.results, out_dir=Path(args.out) if args.out else None,
-                          cmc_bits=tuple(parse_bits(args.cmc_bits)), paper=args.paper)
+    report = write_report(
+        args.results,
+        out_dir=Path(args.out) if args.out else None,
+        cmc_bits=tuple(parse_bits(args.cmc_bits)),
+        paper=args.paper,
+    )
     print(report.markdown)
     print("written: " + ", ".join(sorted(str(p) for p in report.values())))
     return 0
@@ -149,20 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="train and evaluate methods × code lengths; append rows to results.csv")
     s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
     s.add_argument("--data-root", help="dataset folder or distribution zip")
-    s.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option, repeatable")
+    s.add_argument(
+        "--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option, repeatable"
+    )
     s.add_argument("--methods", default="lsh,itq", help="comma-separated method names (default: lsh,itq)")
-    s.add_argument("--bits", default="128-2048", help="code lengths: 128-2048, 64,128 or 512 (default 128-2048)")
-    s.add_argument("--param", action="append", metavar="METHOD.KEY=VALUE", help="method hyperparameter, repeatable")
+    s.add_argument(
+        "--bits", default="128-2048", help="code lengths: 128-2048, 64,128 or 512 (default 128-2048)"
+    )
+    s.add_argument(
+        "--param", action="append", metavar="METHOD.KEY=VALUE", help="method hyperparameter, repeatable"
+    )
     s.add_argument("--backbone", default="mobilenetv2")
     s.add_argument("--weights", default="imagenet", help="imagenet (default source), a file, a URL, or none")
-    s.add_argument("--cut", help="backbone cut between frozen trunk and trainable top (default: the backbone's)")
+    s.add_argument(
+        "--cut", help="backbone cut between frozen trunk and trainable top (default: the backbone's)"
+    )
     s.add_argument("--input-size", help="HEIGHTxWIDTH (default: the dataset's, 256x128 for Market-1501)")
     s.add_argument("--ide", action="append", metavar="KEY=VALUE", help="IDE stage option (epochs, lr, ...)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     s.add_argument("--out", help="results directory (default: results/<dataset>)")
     s.add_argument("--cache-dir", help="feature cache (default: $HASHBENCH_CACHE or ~/.cache/hashbench)")
-    s.add_argument("--search", default="auto", choices=("auto", "faiss", "numpy"), help="Hamming search backend")
+    s.add_argument(
+        "--search", default="auto", choices=("auto", "faiss", "numpy"), help="Hamming search backend"
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)
 
@@ -177,15 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing at INFO
     try:
         return args.func(args)
     except HashbenchError as exc:
         print(f"hashbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hashbench: interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)
+        print(
+            "hashbench: interrupted; finished cells are saved, re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

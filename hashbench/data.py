@@ -161,7 +161,9 @@ class Dataset(ABC):
 
     def __init__(self, root: str | Path | None = None, **options) -> None:
         if self.needs_root and root is None:
-            raise HashbenchError(f"dataset {self.name!r} needs --data-root (a folder or the distribution zip)")
+            raise HashbenchError(
+                f"dataset {self.name!r} needs --data-root (a folder or the distribution zip)"
+            )
         self.root = Path(root) if root is not None else None
         self.options = options
 

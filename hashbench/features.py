@@ -95,7 +95,9 @@ class FeatureCache:
         progress: bool = True,
     ) -> tuple[dict[str, np.ndarray], dict]:
         """Trunk maps of every split (memory-mapped float16) and timing info ``{"extract_s": ...}``."""
-        key = TrunkKey(dataset.name, dataset.digest(), backbone.name, backbone.weights_digest, cut, tuple(input_size))
+        key = TrunkKey(
+            dataset.name, dataset.digest(), backbone.name, backbone.weights_digest, cut, tuple(input_size)
+        )
         folder = self.trunk_dir(key)
         folder.mkdir(parents=True, exist_ok=True)
         meta_path = folder / "meta.json"
@@ -110,15 +112,21 @@ class FeatureCache:
                 if trunk is None:  # channels_last: about 30 % faster on CPU for MobileNetV2
                     trunk = backbone.trunk(cut).to(device, memory_format=torch.channels_last)
                 t0 = time.perf_counter()
-                self._extract(dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split)
+                self._extract(
+                    dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
+                )
                 seconds += time.perf_counter() - t0
             maps = np.load(path, mmap_mode="r")
             if maps.shape != (len(recs), *shape):
-                raise RuntimeError(f"cached maps {path} have shape {maps.shape}, expected {(len(recs), *shape)}")
+                raise RuntimeError(
+                    f"cached maps {path} have shape {maps.shape}, expected {(len(recs), *shape)}"
+                )
             out[split] = maps
         return out, {"extract_s": seconds, "cache_dir": str(folder), "key": key.digest()}
 
-    def _extract(self, dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split) -> None:
+    def _extract(
+        self, dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
+    ) -> None:
         part, rows_file = path.with_suffix(".npy.part"), path.with_suffix(".rows")
         n = len(recs)
         done = int(rows_file.read_text()) if part.exists() and rows_file.exists() else 0
@@ -126,8 +134,15 @@ class FeatureCache:
         arr = np.lib.format.open_memmap(part, mode=mode, dtype=np.float16, shape=(n, *shape))
         if done:
             log.info("resuming %s extraction at row %d of %d", split, done, n)
-        bar = tqdm(total=n, initial=done, desc=f"trunk maps [{split}]", unit="img", disable=not progress,
-                   dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(
+            total=n,
+            initial=done,
+            desc=f"trunk maps [{split}]",
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
         images = dataset.open_images(recs[done:])
         row = done
         with torch.inference_mode():

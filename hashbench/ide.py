@@ -86,7 +86,9 @@ def iterate_batches(n: int, batch_size: int, rng: np.random.Generator, drop_last
         yield np.sort(order[i : i + batch_size])  # sorted: faster reads from memory-mapped maps
 
 
-def maps_to_tensor(maps: np.ndarray, index: np.ndarray, device, flip: np.ndarray | None = None) -> torch.Tensor:
+def maps_to_tensor(
+    maps: np.ndarray, index: np.ndarray, device, flip: np.ndarray | None = None
+) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(maps[index])).to(device=device, dtype=torch.float32)
     if flip is not None and flip.any():
         f = torch.from_numpy(flip).to(device)
@@ -111,8 +113,11 @@ def train_ide(
     n_classes = int(labels.max()) + 1
     model = IDEModel(top, channels, n_classes).to(device)
     opt = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay, nesterov=True,
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=True,
     )
     steps_per_epoch = len(pids) // config.batch_size
     total = steps_per_epoch * config.epochs
@@ -134,8 +139,13 @@ def train_ide(
         model.train()
         t0 = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"IDE epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"IDE epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         for index in iterate_batches(len(pids), config.batch_size, rng):
             flip = rng.random(len(index)) < 0.5 if config.flip else None
             x = maps_to_tensor(maps, index, device, flip)
@@ -152,20 +162,46 @@ def train_ide(
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
         bar.close()
-        history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1),
-                        "seconds": time.perf_counter() - t0})
-        log.info("IDE epoch %d: loss %.3f, train acc %.3f, %.0f s", epoch + 1, history[-1]["loss"],
-                 history[-1]["acc"], history[-1]["seconds"])
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total_loss / max(seen, 1),
+                "acc": correct / max(seen, 1),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        log.info(
+            "IDE epoch %d: loss %.3f, train acc %.3f, %.0f s",
+            epoch + 1,
+            history[-1]["loss"],
+            history[-1]["acc"],
+            history[-1]["seconds"],
+        )
         if checkpoint is not None:
-            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                          "epoch": epoch + 1, "history": history}, checkpoint)
+            _atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                },
+                checkpoint,
+            )
     return model.eval(), history
 
 
 @torch.inference_mode()
-def embed_maps(model: IDEModel, maps: np.ndarray, device, batch_size: int = 256, progress: bool = False,
-               desc: str = "embed") -> np.ndarray:
+def embed_maps(
+    model: IDEModel,
+    maps: np.ndarray,
+    device,
+    batch_size: int = 256,
+    progress: bool = False,
+    desc: str = "embed",
+) -> np.ndarray:
     """Neck features of all ``maps`` (N, C) float32, model in eval mode."""
     model.eval()
     out = np.empty((len(maps), model.neck.num_features), dtype=np.float32)
@@ -206,15 +242,32 @@ def adapted_features(
             continue
         if model is None:
             t0 = time.perf_counter()
-            model, history = train_ide(maps["train"], train_pids, backbone.top(cut), backbone.out_channels, config,
-                                       device, checkpoint=folder / "checkpoint.pt", progress=progress)
+            model, history = train_ide(
+                maps["train"],
+                train_pids,
+                backbone.top(cut),
+                backbone.out_channels,
+                config,
+                device,
+                checkpoint=folder / "checkpoint.pt",
+                progress=progress,
+            )
             info["ide_train_s"] = time.perf_counter() - t0
             info["ide_history"] = history
-            _atomic_save({"model": model.state_dict(), "n_classes": model.classifier.out_features,
-                          "history": history, "config": asdict(config)}, final)
+            _atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "n_classes": model.classifier.out_features,
+                    "history": history,
+                    "config": asdict(config),
+                },
+                final,
+            )
             (folder / "checkpoint.pt").unlink(missing_ok=True)
         t0 = time.perf_counter()
-        feats[split] = embed_maps(model, maps[split], device, progress=progress, desc=f"IDE features [{split}]")
+        feats[split] = embed_maps(
+            model, maps[split], device, progress=progress, desc=f"IDE features [{split}]"
+        )
         info["ide_embed_s"] += time.perf_counter() - t0
         tmp = folder / f"{split}.tmp.npy"
         np.save(tmp, feats[split])

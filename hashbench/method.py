@@ -52,8 +52,14 @@ class View:
         def take(a):
             return None if a is None else a[index]
 
-        return View(self.split, self.pids[index], self.camids[index], take(self.features), take(self.maps),
-                    take(self.attributes))
+        return View(
+            self.split,
+            self.pids[index],
+            self.camids[index],
+            take(self.features),
+            take(self.maps),
+            take(self.attributes),
+        )
 
 
 @dataclass
@@ -93,7 +99,9 @@ class HashMethod(ABC):
         return {
             p: getattr(self, p)
             for p in sig.parameters
-            if p != "self" and sig.parameters[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            if p != "self"
+            and sig.parameters[p].kind
+            not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
         }
 
     def __repr__(self) -> str:

@@ -37,7 +37,9 @@ def make_plugin_manager(extra_plugins: tuple = (), autoload: bool | None = None)
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must say which one it is
-            raise HashbenchError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            raise HashbenchError(
+                f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {exc}"
+            ) from exc
         pm.register(plugin, name=ep.name)
     for plugin in extra_plugins:
         pm.register(plugin)

@@ -223,8 +223,18 @@ def paper_tables(df: pd.DataFrame, metric: str = "map", dataset: str | None = No
 
 
 def _latex_escape(text: str) -> str:
-    rules = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    rules = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(rules.get(c, c) for c in text)
 
 
@@ -314,8 +324,13 @@ def render(
             rows.append([wrap(name(method), it_open)] + [text] * len(bits))
 
     headers = ["Method"] + [f"{b} bits" for b in bits]
-    body = tabulate(rows, headers=headers, tablefmt=FORMATS[fmt], disable_numparse=True,
-                    colalign=("left",) + ("right",) * len(bits))
+    body = tabulate(
+        rows,
+        headers=headers,
+        tablefmt=FORMATS[fmt],
+        disable_numparse=True,
+        colalign=("left",) + ("right",) * len(bits),
+    )
     caption = default_caption(table) if caption is None else caption
     notes = [PROTOCOL]
     if ref_names:
@@ -331,16 +346,21 @@ def render(
         lines.insert(lines.index(r"\midrule") + 1 + n_ranked, r"\midrule")
         body = "\n".join(lines)
     label = f"tab:{table.attrs.get('dataset', 'results')}-{table.attrs.get('metric', 'metric')}"
-    return "\n".join([
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{_latex_escape(caption)}}}",
-        rf"\label{{{_latex_escape(label)}}}",
-        body,
-        r"\par\smallskip",
-        r"{\footnotesize " + r" \\ ".join(_latex_escape(n) for n in notes) + "}",
-        r"\end{table}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                rf"\caption{{{_latex_escape(caption)}}}",
+                rf"\label{{{_latex_escape(label)}}}",
+                body,
+                r"\par\smallskip",
+                r"{\footnotesize " + r" \\ ".join(_latex_escape(n) for n in notes) + "}",
+                r"\end{table}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _paper_row(label: str, values: pd.Series, bits: Sequence[int], fmt: str) -> list[str]:
@@ -380,8 +400,15 @@ def _legend(ax, order: Sequence[int] | None = None) -> None:
     order = range(len(handles)) if order is None else order
     width, height = ax.figure.get_size_inches()  # widen for long labels rather than squeeze the axes
     ax.figure.set_size_inches(max(width, 5.4 + 0.075 * max(map(len, labels), default=0)), height)
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left",
-              bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, fontsize=9)
+    ax.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        frameon=False,
+        fontsize=9,
+    )
 
 
 def plot_map_vs_bits(df: pd.DataFrame, path: str | Path, dataset: str | None = None) -> Path:
@@ -400,8 +427,13 @@ def plot_map_vs_bits(df: pd.DataFrame, path: str | Path, dataset: str | None = N
         ax.plot(bits, row.values, color=color, marker=marker, markersize=6, linewidth=1.8, label=method)
     for i, name in enumerate(refs):
         value = table.loc[name].iloc[0]
-        ax.axhline(value, color=_REF_COLORS[i % len(_REF_COLORS)], linestyle="--", linewidth=1.4,
-                   label=f"{name} ({value:.2f})")
+        ax.axhline(
+            value,
+            color=_REF_COLORS[i % len(_REF_COLORS)],
+            linestyle="--",
+            linewidth=1.4,
+            label=f"{name} ({value:.2f})",
+        )
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(bits))
     ax.xaxis.set_major_formatter(FixedFormatter([str(b) for b in bits]))
@@ -412,8 +444,10 @@ def plot_map_vs_bits(df: pd.DataFrame, path: str | Path, dataset: str | None = N
     ax.set_title(f"{dataset_title(table.attrs['dataset'])}: mAP vs code length")
     ax.grid(True, alpha=0.3)
     # legend entries top to bottom in the order of the lines at the longest code
-    last = [table.loc[m].dropna().iloc[-1] if table.loc[m].notna().any() else -math.inf
-            for m in list(styles) + list(refs)]
+    last = [
+        table.loc[m].dropna().iloc[-1] if table.loc[m].notna().any() else -math.inf
+        for m in list(styles) + list(refs)
+    ]
     _legend(ax, sorted(range(len(last)), key=lambda i: -last[i]))
     return _save(fig, path)
 
@@ -504,8 +538,16 @@ def plot_cmc(
             ax.plot(ranks, cmc, color=color, linestyle="--", linewidth=1.4, label=label)
         else:
             color, marker = styles[method]
-            ax.plot(ranks, cmc, color=color, marker=marker, markevery=[t - 1 for t in ticks], markersize=5,
-                    linewidth=1.8, label=label)
+            ax.plot(
+                ranks,
+                cmc,
+                color=color,
+                marker=marker,
+                markevery=[t - 1 for t in ticks],
+                markersize=5,
+                linewidth=1.8,
+                label=label,
+            )
     ax.set_xlim(0.5, max_rank + 0.5)
     ax.set_xticks(ticks)
     top = ax.get_ylim()[1]

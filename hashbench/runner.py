@@ -93,13 +93,23 @@ def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
     cut = config.cut or backbone.default_cut
     backbone.check_cut(cut)
     log.info("dataset %s: %s", dataset.name, ", ".join(f"{k} {len(v)}" for k, v in splits.records.items()))
-    maps, info = cache.trunk_maps(dataset, splits.records, backbone, cut, input_size, device,
-                                  progress=config.progress)
+    maps, info = cache.trunk_maps(
+        dataset, splits.records, backbone, cut, input_size, device, progress=config.progress
+    )
     timings = {"extract_s": info["extract_s"]}
     inputs: dict[str, dict[str, np.ndarray]] = {"maps": maps}
     if "features" in need or config.reference:
-        feats, ide_info = adapted_features(cache.root, info["key"], maps, splits.arrays["train"].pids, backbone,
-                                           cut, config.ide, device, progress=config.progress)
+        feats, ide_info = adapted_features(
+            cache.root,
+            info["key"],
+            maps,
+            splits.arrays["train"].pids,
+            backbone,
+            cut,
+            config.ide,
+            device,
+            progress=config.progress,
+        )
         inputs["features"] = feats
         timings.update({k: v for k, v in ide_info.items() if k.endswith("_s")})
         timings["ide_history"] = ide_info.get("ide_history")
@@ -133,8 +143,12 @@ def parse_method_params(methods: Sequence[str], registry: Registry, params: dict
         klass = registry.method(name)
         bad = [k for k in params.get(name, {}) if k not in inspect.signature(klass.__init__).parameters]
         if bad:
-            valid = [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "bits", "seed")]
-            raise HashbenchError(f"--param {name}.{bad[0]}: unknown hyperparameter; valid: {', '.join(valid)}")
+            valid = [
+                p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "bits", "seed")
+            ]
+            raise HashbenchError(
+                f"--param {name}.{bad[0]}: unknown hyperparameter; valid: {', '.join(valid)}"
+            )
     for name in params:
         if name not in methods:
             raise HashbenchError(f"--param {name}.*: method {name!r} is not in --methods")
@@ -150,14 +164,16 @@ def evaluate_codes(prep: Prepared, q_codes: np.ndarray, g_codes: np.ndarray, bac
     return metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids), query_ms
 
 
-def run(config: RunConfig, registry: Registry | None = None, on_row: Callable[[ResultRow], None] | None = None
-        ) -> list[ResultRow]:
+def run(
+    config: RunConfig, registry: Registry | None = None, on_row: Callable[[ResultRow], None] | None = None
+) -> list[ResultRow]:
     """Run the grid; returns the rows computed by this call (cells finished earlier are skipped)."""
     registry = registry or Registry.load()
     methods = list(config.methods)
     for name in methods:
         registry.method(name)  # unknown name: error before any work
     parse_method_params(methods, registry, config.method_params)
+    resolve_device(config.device)  # a bad --device fails before any data is read
     need = set().union(*(registry.method(m).consumes for m in methods)) if methods else set()
     unknown_inputs = need - set(INPUTS)
     if unknown_inputs:
@@ -174,12 +190,30 @@ def run(config: RunConfig, registry: Registry | None = None, on_row: Callable[[R
     def emit(method: str, bits: int | None, ev, train_s, encode_s, query_ms, nbytes, chash, artifact) -> None:
         m = ev.to_dict()
         row = ResultRow(
-            dataset=prep.dataset.name, method=method, bits=bits, map=m["map"], rank1=m["rank1"], rank5=m["rank5"],
-            rank10=m["rank10"], rank20=m["rank20"], train_s=train_s, encode_s=encode_s,
-            encode_ms_per_image=1000 * encode_s / (counts["query"] + counts["gallery"]), query_ms=query_ms,
-            bytes_per_code=nbytes, n_train=counts["train"], n_query=counts["query"], n_gallery=counts["gallery"],
-            backbone=f"{prep.backbone.name}/{prep.cut}", input_size="x".join(map(str, prep.input_size)),
-            seed=config.seed, device=dev, version=__version__, commit=commit, config_hash=chash, date=now(),
+            dataset=prep.dataset.name,
+            method=method,
+            bits=bits,
+            map=m["map"],
+            rank1=m["rank1"],
+            rank5=m["rank5"],
+            rank10=m["rank10"],
+            rank20=m["rank20"],
+            train_s=train_s,
+            encode_s=encode_s,
+            encode_ms_per_image=1000 * encode_s / (counts["query"] + counts["gallery"]),
+            query_ms=query_ms,
+            bytes_per_code=nbytes,
+            n_train=counts["train"],
+            n_query=counts["query"],
+            n_gallery=counts["gallery"],
+            backbone=f"{prep.backbone.name}/{prep.cut}",
+            input_size="x".join(map(str, prep.input_size)),
+            seed=config.seed,
+            device=dev,
+            version=__version__,
+            commit=commit,
+            config_hash=chash,
+            date=now(),
             artifact=artifact,
         )
         store.append(row)
@@ -199,8 +233,17 @@ def run(config: RunConfig, registry: Registry | None = None, on_row: Callable[[R
             query_ms = (time.perf_counter() - t0) * 1000 / len(fq)
             ev = metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids)
             art = store.save_artifact(store.artifact_path(REFERENCE, None, chash), ap=ev.ap, cmc=ev.cmc)
-            emit(REFERENCE, None, ev, prep.timings.get("ide_train_s", 0.0), prep.timings.get("ide_embed_s", 0.0),
-                 query_ms, fq.shape[1] * 4, chash, art)
+            emit(
+                REFERENCE,
+                None,
+                ev,
+                prep.timings.get("ide_train_s", 0.0),
+                prep.timings.get("ide_embed_s", 0.0),
+                query_ms,
+                fq.shape[1] * 4,
+                chash,
+                art,
+            )
             log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
 
     cells = [(m, b) for m in methods for b in config.bits]
@@ -215,18 +258,32 @@ def run(config: RunConfig, registry: Registry | None = None, on_row: Callable[[R
             continue
         log.info("%s: training", tag)
         seed_everything(config.seed)
-        context = Context(device=str(prep.device), schema=prep.attributes.schema if prep.attributes else None,
-                          backbone=prep.backbone, progress=config.progress, extras={"cut": prep.cut})
+        context = Context(
+            device=str(prep.device),
+            schema=prep.attributes.schema if prep.attributes else None,
+            backbone=prep.backbone,
+            progress=config.progress,
+            extras={"cut": prep.cut},
+        )
         t0 = time.perf_counter()
         method.fit(make_view(prep, "train", klass.consumes), context)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        q_codes = check_codes(method.encode(make_view(prep, "query", klass.consumes)), len(q.pids), bits, name)
-        g_codes = check_codes(method.encode(make_view(prep, "gallery", klass.consumes)), len(g.pids), bits, name)
+        q_codes = check_codes(
+            method.encode(make_view(prep, "query", klass.consumes)), len(q.pids), bits, name
+        )
+        g_codes = check_codes(
+            method.encode(make_view(prep, "gallery", klass.consumes)), len(g.pids), bits, name
+        )
         encode_s = time.perf_counter() - t0
         ev, query_ms = evaluate_codes(prep, q_codes, g_codes, config.search_backend)
-        art = store.save_artifact(store.artifact_path(name, bits, chash), ap=ev.ap, cmc=ev.cmc,
-                                  query_codes=search.pack_codes(q_codes), gallery_codes=search.pack_codes(g_codes))
+        art = store.save_artifact(
+            store.artifact_path(name, bits, chash),
+            ap=ev.ap,
+            cmc=ev.cmc,
+            query_codes=search.pack_codes(q_codes),
+            gallery_codes=search.pack_codes(g_codes),
+        )
         emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art)
         d = ev.to_dict()
         log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", tag, d["map"], d["rank1"], train_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,51 @@ def market_root() -> Path:
         where = f"${MARKET_ENV}={env}" if env else f"{MARKET_DEFAULT} (set ${MARKET_ENV})"
         pytest.skip(f"Market-1501 not found: {where}")
     return path
+
+
+@dataclass
+class SyntheticBench:
+    """A small synthetic re-id set, prepared once per session: views for methods and a scorer."""
+
+    prepared: object
+
+    def view(self, split: str, consumes=frozenset({"features"})):
+        from hashbench.runner import make_view
+
+        return make_view(self.prepared, split, frozenset(consumes))
+
+    def context(self):
+        from hashbench.method import Context
+
+        p = self.prepared
+        return Context(device="cpu", schema=p.attributes.schema, backbone=p.backbone, extras={"cut": p.cut})
+
+    def score(self, method) -> float:
+        """mAP (%) of a fitted method's codes on the query/gallery splits."""
+        from hashbench.runner import evaluate_codes
+
+        consumes = type(method).consumes
+        q = method.encode(self.view("query", consumes))
+        g = method.encode(self.view("gallery", consumes))
+        return evaluate_codes(self.prepared, q, g, "numpy")[0].to_dict()["map"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_bench(tmp_path_factory) -> SyntheticBench:
+    """Synthetic pedestrians (60 train / 60 test ids, 128x64) through the trunk cache and a short IDE stage.
+
+    Provides the inputs every method may consume: adapted ``features``, trunk ``maps``, ``attributes``.
+    """
+    from hashbench.ide import IDEConfig
+    from hashbench.registry import Registry
+    from hashbench.runner import RunConfig, prepare
+
+    config = RunConfig(
+        dataset="synthetic",
+        dataset_options={"n_train_ids": 60, "n_test_ids": 60},
+        ide=IDEConfig(epochs=4, batch_size=32),
+        device="cpu",
+        progress=False,
+        cache_dir=tmp_path_factory.mktemp("synthetic-cache"),
+    )
+    return SyntheticBench(prepare(config, Registry.load(), {"features", "maps", "attributes"}))

@@ -28,9 +28,16 @@ def test_mobilenet_matches_the_shipped_reference_network(mobilenet):
 def test_state_dict_keys_are_torchvision_names():
     keys = set(MobileNetV2(weights="none").state_dict())
     # torchvision.models.mobilenet_v2 naming (current layout)
-    for k in ("features.0.0.weight", "features.1.conv.0.0.weight", "features.1.conv.1.weight",
-              "features.2.conv.0.0.weight", "features.2.conv.1.1.running_mean", "features.2.conv.2.weight",
-              "features.2.conv.3.bias", "features.18.0.weight"):
+    for k in (
+        "features.0.0.weight",
+        "features.1.conv.0.0.weight",
+        "features.1.conv.1.weight",
+        "features.2.conv.0.0.weight",
+        "features.2.conv.1.1.running_mean",
+        "features.2.conv.2.weight",
+        "features.2.conv.3.bias",
+        "features.18.0.weight",
+    ):
         assert k in keys, k
     rkeys = set(ResNet50(weights="none").state_dict())
     for k in ("conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight"):

@@ -35,7 +35,7 @@ def test_itq_loss_decreases_and_rotation_is_orthogonal(data):
     v = data[:, :16] - data[:, :16].mean(0)
     r, losses = itq_rotation(v, 30, np.random.default_rng(0))
     assert np.allclose(r @ r.T, np.eye(16), atol=1e-8)
-    assert all(b <= a + 1e-6 for a, b in zip(losses, losses[1:]))
+    assert all(b <= a + 1e-6 for a, b in zip(losses, losses[1:], strict=False))
     assert losses[-1] < losses[0]
 
 
@@ -62,5 +62,10 @@ def test_itq_quantises_better_than_random_rotations(data):
 
 
 def test_get_params_lists_hyperparameters():
-    assert ITQ(bits=16, seed=1, n_iter=7).get_params() == {"bits": 16, "seed": 1, "n_iter": 7, "max_train": 20000}
+    assert ITQ(bits=16, seed=1, n_iter=7).get_params() == {
+        "bits": 16,
+        "seed": 1,
+        "n_iter": 7,
+        "max_train": 20000,
+    }
     assert LSH(bits=8).get_params() == {"bits": 8, "seed": 0}

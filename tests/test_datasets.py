@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from hashbench_datasets._lin_attributes import read_lin_attributes
-from hashbench_datasets.dukemtmc import DukeMTMCReID
-from hashbench_datasets.market1501 import Market1501
 from PIL import Image
 
 from hashbench.data import SPLITS, Splits
 from hashbench.errors import HashbenchError
+from hashbench_datasets._lin_attributes import read_lin_attributes
+from hashbench_datasets.dukemtmc import DukeMTMCReID
+from hashbench_datasets.market1501 import Market1501
 
 MARKET_TOP = "Market-1501-v15.09.15"
 MARKET_FILES = {

@@ -52,8 +52,11 @@ def write_store(root: Path, rows: list[dict] | None = None) -> Path:
                 rows.append(dict(method=method, bits=bits, map=m, rank1=m + 20, date="2025-05-02T09:00:00"))
         rows.append(dict(method="ide-float", bits=None, map=60.5, rank1=80.25, date="2025-05-02T09:00:00"))
         # an older run of DeepSSH@2048 with another config, listed *after* the newer one: date must win
-        rows.append(dict(method="DeepSSH", bits=2048, map=1.0, rank1=2.0, date="2025-04-01T09:00:00",
-                         config_hash="old"))
+        rows.append(
+            dict(
+                method="DeepSSH", bits=2048, map=1.0, rank1=2.0, date="2025-04-01T09:00:00", config_hash="old"
+            )
+        )
     full = []
     for i, r in enumerate(rows):
         bits = r.get("bits")
@@ -63,8 +66,16 @@ def write_store(root: Path, rows: list[dict] | None = None) -> Path:
         if art:
             np.savez(root / art, cmc=cmc, ap=np.linspace(0, 1, 30))
         row = {c: "" for c in COLUMNS}
-        row.update(dataset="market1501", config_hash="abc123", seed=0, device="cpu", artifact=art,
-                   rank5=cmc[4] * 100, rank10=cmc[9] * 100, rank20=cmc[19] * 100)
+        row.update(
+            dataset="market1501",
+            config_hash="abc123",
+            seed=0,
+            device="cpu",
+            artifact=art,
+            rank5=cmc[4] * 100,
+            rank10=cmc[9] * 100,
+            rank20=cmc[19] * 100,
+        )
         row.update({k: ("" if v is None else v) for k, v in r.items()})
         full.append(row)
     pd.DataFrame(full, columns=COLUMNS).to_csv(root / "results.csv", index=False)
@@ -306,8 +317,15 @@ def test_cmc_artifact_must_be_fractions(tmp_path: Path) -> None:
 
 def test_write_report_default_dir(store: Path) -> None:
     report = write_report(store, cmc_bits=(2048, 64, 128))  # 64 is absent: skipped
-    expected = {"table_map.md", "table_rank1.md", "table_map.tex", "table_rank1.tex", "map_vs_bits.png",
-                "cmc_2048.png", "cmc_128.png"}
+    expected = {
+        "table_map.md",
+        "table_rank1.md",
+        "table_map.tex",
+        "table_rank1.tex",
+        "map_vs_bits.png",
+        "cmc_2048.png",
+        "cmc_128.png",
+    }
     assert set(report) == expected
     for name, path in report.items():
         assert path == store / name and path.is_file()

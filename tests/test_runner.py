@@ -18,9 +18,18 @@ TINY = {"n_train_ids": 16, "n_test_ids": 16}
 
 
 def tiny_config(tmp_path, **kw) -> RunConfig:
-    base = dict(dataset="synthetic", dataset_options=TINY, methods=["lsh", "itq"], bits=[16, 32],
-                input_size=(64, 32), ide=IDEConfig(epochs=1, batch_size=32), out=tmp_path / "res",
-                cache_dir=tmp_path / "cache", progress=False, device="cpu")
+    base = dict(
+        dataset="synthetic",
+        dataset_options=TINY,
+        methods=["lsh", "itq"],
+        bits=[16, 32],
+        input_size=(64, 32),
+        ide=IDEConfig(epochs=1, batch_size=32),
+        out=tmp_path / "res",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        device="cpu",
+    )
     base.update(kw)
     return RunConfig(**base)
 
@@ -39,7 +48,13 @@ def finished(tmp_path_factory):
 
 def test_grid_writes_one_row_per_cell_with_provenance(finished):
     tmp, rows = finished
-    assert [(r.method, r.bits) for r in rows] == [("ide-float", None), ("lsh", 16), ("lsh", 32), ("itq", 16), ("itq", 32)]
+    assert [(r.method, r.bits) for r in rows] == [
+        ("ide-float", None),
+        ("lsh", 16),
+        ("lsh", 32),
+        ("itq", 16),
+        ("itq", 32),
+    ]
     stored = read_rows(tmp / "res")
     assert list(stored[0]) == ResultRow.columns()
     assert len(stored) == 5
@@ -81,8 +96,10 @@ def test_a_third_party_plugin_runs_through_the_runner(finished, tmp_path, monkey
     cache = finished[0] / "cache"  # reuse the features: only the plugin's cells are new work
     install_throwaway_plugin(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    rows = run(tiny_config(tmp_path, methods=["throwaway"], bits=[16], cache_dir=cache, reference=False),
-               registry=Registry.load())
+    rows = run(
+        tiny_config(tmp_path, methods=["throwaway"], bits=[16], cache_dir=cache, reference=False),
+        registry=Registry.load(),
+    )
     assert [(r.method, r.bits) for r in rows] == [("throwaway", 16)]
     assert read_rows(tmp_path / "res")[0]["method"] == "throwaway"
 
@@ -92,8 +109,21 @@ def test_changing_a_hyperparameter_is_a_new_cell(finished, tmp_path):
     cfg = tiny_config(tmp_path, methods=["itq"], bits=[16], cache_dir=cache, reference=False)
     assert len(run(cfg)) == 1
     assert run(cfg) == []
-    assert len(run(tiny_config(tmp_path, methods=["itq"], bits=[16], cache_dir=cache, reference=False,
-                               method_params={"itq": {"n_iter": 5}}))) == 1
+    assert (
+        len(
+            run(
+                tiny_config(
+                    tmp_path,
+                    methods=["itq"],
+                    bits=[16],
+                    cache_dir=cache,
+                    reference=False,
+                    method_params={"itq": {"n_iter": 5}},
+                )
+            )
+        )
+        == 1
+    )
 
 
 def cli(capsys, *args):
@@ -108,16 +138,29 @@ def test_cli_errors_are_one_line_and_name_the_culprit(tmp_path, capsys):
     bogus = tmp_path / "notmarket.zip"
     with zipfile.ZipFile(bogus, "w") as z:
         z.writestr("hello/readme.txt", "not a dataset")
-    code, err = cli(capsys, "run", "--dataset", "market1501", "--data-root", str(bogus), "--cache-dir",
-                    str(tmp_path / "c"))
+    code, err = cli(
+        capsys,
+        "run",
+        "--dataset",
+        "market1501",
+        "--data-root",
+        str(bogus),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
     assert code == 2 and "notmarket.zip" in err
     code, err = cli(capsys, "run", "--bits", "100")
-    assert code == 2 and err == "hashbench: error: --bits '100': code lengths must be positive multiples of 8 (got [100])"
+    assert (
+        code == 2
+        and err == "hashbench: error: --bits '100': code lengths must be positive multiples of 8 (got [100])"
+    )
     code, err = cli(capsys, "run", "--methods", "lsh,nope")
     assert code == 2 and "unknown method 'nope'" in err and "itq" in err
     code, err = cli(capsys, "run", "--methods", "itq", "--param", "itq.bogus=1")
     assert code == 2 and "itq.bogus" in err and "n_iter" in err
-    code, err = cli(capsys, "run", "--device", "cuda", "--methods", "lsh") if not _has_cuda() else (2, "--device")
+    code, err = (
+        cli(capsys, "run", "--device", "cuda", "--methods", "lsh") if not _has_cuda() else (2, "--device")
+    )
     assert code == 2 and "--device" in err
 
 

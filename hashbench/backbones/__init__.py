@@ -101,9 +101,17 @@ class Backbone(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing:
-            raise HashbenchError(f"--weights {path}: missing {len(missing)} parameters of {self.name}, e.g. {missing[:3]}")
+            raise HashbenchError(
+                f"--weights {path}: missing {len(missing)} parameters of {self.name}, e.g. {missing[:3]}"
+            )
         if unexpected:
-            log.info("%s: ignored %d unexpected keys in %s (e.g. %s)", self.name, len(unexpected), path, unexpected[:2])
+            log.info(
+                "%s: ignored %d unexpected keys in %s (e.g. %s)",
+                self.name,
+                len(unexpected),
+                path,
+                unexpected[:2],
+            )
         self.weights_digest = _file_sha256(path)[:16]
         return self
 
@@ -160,7 +168,9 @@ def _file_sha256(path: Path) -> str:
 def to_tensor(images: list[Image.Image], input_size: tuple[int, int]) -> torch.Tensor:
     """Resize (bilinear) to (H, W), scale to [0, 1] and normalise with ImageNet statistics: (B, 3, H, W)."""
     h, w = input_size
-    arr = np.stack([np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) for im in images])
+    arr = np.stack(
+        [np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) for im in images]
+    )
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -39,7 +39,9 @@ class Bottleneck(nn.Module):
 
 class ResNet50(Backbone):
     name = "resnet50"
-    description = "ResNet-50 (torchvision ImageNet weights from --weights PATH, or downloaded with checksum), 2048-d"
+    description = (
+        "ResNet-50 (torchvision ImageNet weights from --weights PATH, or downloaded with checksum), 2048-d"
+    )
     # index into stages(): [stem, layer1, layer2, layer3, layer4]
     cuts = {"layer2": 3, "layer3": 4}
     default_cut = "layer3"
@@ -63,7 +65,9 @@ class ResNet50(Backbone):
     def _layer(self, width: int, blocks: int, stride: int) -> nn.Sequential:
         down = None
         if stride != 1 or self._cin != width * 4:
-            down = nn.Sequential(nn.Conv2d(self._cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4))
+            down = nn.Sequential(
+                nn.Conv2d(self._cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4)
+            )
         layers = [Bottleneck(self._cin, width, stride, down)]
         self._cin = width * 4
         layers += [Bottleneck(self._cin, width) for _ in range(blocks - 1)]

@@ -102,7 +102,7 @@ class FeatureCache:
         folder.mkdir(parents=True, exist_ok=True)
         meta_path = folder / "meta.json"
         if not meta_path.exists():
-            _write_json(meta_path, {"key": asdict(key), "shape": backbone.trunk_shape(cut, input_size)})
+            write_json(meta_path, {"key": asdict(key), "shape": backbone.trunk_shape(cut, input_size)})
         shape = tuple(json.loads(meta_path.read_text())["shape"])
         out, seconds = {}, 0.0
         trunk = None
@@ -115,14 +115,24 @@ class FeatureCache:
                 self._extract(
                     dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
                 )
-                seconds += time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0
+                seconds += elapsed
+                meta = json.loads(meta_path.read_text())
+                meta.setdefault("extract_s", {})[split] = elapsed
+                write_json(meta_path, meta)
             maps = np.load(path, mmap_mode="r")
             if maps.shape != (len(recs), *shape):
                 raise RuntimeError(
                     f"cached maps {path} have shape {maps.shape}, expected {(len(recs), *shape)}"
                 )
             out[split] = maps
-        return out, {"extract_s": seconds, "cache_dir": str(folder), "key": key.digest()}
+        recorded = json.loads(meta_path.read_text()).get("extract_s", {})
+        return out, {
+            "extract_s": seconds,  # spent in this call
+            "extract_s_recorded": sum(recorded.get(s, 0.0) for s in records),  # when the cache was filled
+            "cache_dir": str(folder),
+            "key": key.digest(),
+        }
 
     def _extract(
         self, dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
@@ -162,7 +172,7 @@ class FeatureCache:
         rows_file.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)

@@ -96,7 +96,23 @@ def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
     maps, info = cache.trunk_maps(
         dataset, splits.records, backbone, cut, input_size, device, progress=config.progress
     )
-    timings = {"extract_s": info["extract_s"]}
+    timings = {"extract_s": info["extract_s_recorded"]}
+    n_images = sum(len(v) for v in splits.records.values())
+    if info["extract_s"]:
+        log.info(
+            "trunk maps of %d images extracted in %.0f s (%.1f images/s)",
+            n_images,
+            info["extract_s"],
+            n_images / info["extract_s"],
+        )
+    else:
+        took = info["extract_s_recorded"]
+        log.info(
+            "trunk maps of %d images read from the cache %s%s",
+            n_images,
+            info["cache_dir"],
+            f" (extraction took {took:.0f} s, {n_images / took:.1f} images/s)" if took else "",
+        )
     inputs: dict[str, dict[str, np.ndarray]] = {"maps": maps}
     if "features" in need or config.reference:
         feats, ide_info = adapted_features(
@@ -113,6 +129,12 @@ def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
         inputs["features"] = feats
         timings.update({k: v for k, v in ide_info.items() if k.endswith("_s")})
         timings["ide_history"] = ide_info.get("ide_history")
+        log.info(
+            "IDE stage: %d epochs, trained in %.0f s, features embedded in %.0f s",
+            config.ide.epochs,
+            ide_info["ide_train_s"],
+            ide_info["ide_embed_s"],
+        )
     if "attributes" in need:
         if attributes is None:
             raise HashbenchError(f"dataset {dataset.name!r} has no attribute table, needed by a method")
@@ -181,8 +203,8 @@ def run(
     out = Path(config.out or Path("results") / config.dataset)
     store = ResultStore(out)
     seed_everything(config.seed)
+    commit = git_commit()  # the code that runs is the code at start
     prep = prepare(config, registry, need)
-    commit = git_commit()
     dev = device_name(str(prep.device))
     counts = {s: len(prep.splits.records[s]) for s in ("train", "query", "gallery")}
     rows: list[ResultRow] = []

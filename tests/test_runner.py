@@ -175,3 +175,12 @@ def test_cli_list_shows_each_plugin(capsys):
     out = capsys.readouterr().out
     for name in ("lsh", "itq", "synthetic", "market1501", "dukemtmc", "mobilenetv2", "resnet50"):
         assert f"  {name} " in out
+
+
+def test_a_run_from_cache_reports_what_the_cached_stages_cost(finished, tmp_path):
+    first = finished[1][0]
+    assert first.method == "ide-float" and first.train_s > 0 and first.encode_s > 0
+    rows = run(tiny_config(tmp_path, methods=["lsh"], bits=[16], cache_dir=finished[0] / "cache"))
+    again = rows[0]
+    assert again.method == "ide-float" and again.map == pytest.approx(first.map)
+    assert again.train_s == pytest.approx(first.train_s) and again.encode_s == pytest.approx(first.encode_s)

@@ -6,9 +6,9 @@ a number stored.
 
 Conventions:
 
-* Rows with an empty ``bits`` are real-valued references (``ide-float``: Euclidean distance on the
+* Rows with an empty ``bits`` are real-valued references (``ide-float``: cosine distance on the
   float features). Tables repeat their value in every code-length column, below the hash methods, in
-  italics and never in bold: they are an upper bound, not a competitor. Figures draw them dashed.
+  italics and never in bold: they show what hashing costs, they do not compete. Figures draw them dashed.
 * Several rows for one (dataset, method, bits) cell come from different configs; the latest by
   ``date`` is shown (ties and unparseable dates: the later row in the file wins).
 * Methods are listed in the paper's order (KSH-CNN, SDH-CNN, DBH, PDH, DeepSSH), then any other
@@ -40,7 +40,7 @@ PROTOCOL = (
     "Hamming ties broken by gallery order."
 )
 REFERENCE_NOTE = (
-    "Reference rows in italics: Euclidean distance on float features, shown under every code length, "
+    "Reference rows in italics: real-valued features (ide-float: cosine distance), shown under every code length, "
     "not ranked."
 )
 PAPER_NOTE = "Cells: ours (ours - published); '(paper)' rows: published values."

@@ -29,6 +29,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .errors import HashbenchError
+from .results import CMC_NAME
 
 RESULTS_FILE = "results.csv"
 REQUIRED_COLUMNS = ("dataset", "method", "bits", "map", "rank1", "date", "artifact")
@@ -452,9 +453,35 @@ def plot_map_vs_bits(df: pd.DataFrame, path: str | Path, dataset: str | None = N
     return _save(fig, path)
 
 
-def _load_cmc(results_dir: Path, row: pd.Series, max_rank: int) -> np.ndarray:
-    artifact = row["artifact"]
+def _read_cmc_table(results_dir: Path) -> dict[tuple[str, str, str, str], np.ndarray]:
+    """CMC curves from ``cmc.csv`` (the committed copy), keyed by (dataset, method, bits, config_hash)."""
+    path = results_dir / CMC_NAME
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, dtype={"bits": str, "config_hash": str}, keep_default_na=False)
+    ranks = [c for c in table.columns if c.startswith("r") and c[1:].isdigit()]
+    return {
+        (str(r["dataset"]), str(r["method"]), str(r["bits"]), str(r["config_hash"])): r[ranks].to_numpy(float)
+        for _, r in table.iterrows()
+    }
+
+
+def _cmc_key(row: pd.Series) -> tuple[str, str, str, str]:
+    bits = "" if pd.isna(row["bits"]) else str(int(row["bits"]))
+    return str(row["dataset"]), str(row["method"]), bits, str(row.get("config_hash", ""))
+
+
+def _load_cmc(results_dir: Path, row: pd.Series, max_rank: int, table: dict | None = None) -> np.ndarray:
+    """A row's CMC (%, ranks 1..max_rank): from ``cmc.csv`` when it has the cell, else from the artifact."""
     who = f"{row['method']} at {'float' if pd.isna(row['bits']) else str(row['bits']) + ' bits'}"
+    cmc = (table or {}).get(_cmc_key(row))
+    if cmc is not None:
+        if len(cmc) < max_rank:
+            raise HashbenchError(
+                f"{results_dir / CMC_NAME}: {who} has {len(cmc)} ranks, fewer than {max_rank}"
+            )
+        return cmc[:max_rank] * 100.0
+    artifact = row["artifact"]
     if pd.isna(artifact) or not str(artifact).strip():
         raise HashbenchError(f"results row {who}: empty artifact column, no CMC to plot")
     file = results_dir / str(artifact).strip()
@@ -486,8 +513,9 @@ def cmc_curves(
 ) -> pd.DataFrame:
     """Matching rate (%) at ranks 1..``max_rank`` (rows) of every method at ``bits`` and of the references.
 
-    Columns: hash methods in :func:`method_order`, then references; read from each row's ``.npz``
-    artifact (``cmc``, fractions, path relative to ``results_dir``). ``attrs["reference"]`` lists the
+    Columns: hash methods in :func:`method_order`, then references; read from ``cmc.csv`` beside the
+    results (committed), else from each row's ``.npz`` artifact (``cmc``, fractions, path relative to
+    ``results_dir``). ``attrs["reference"]`` lists the
     reference columns.
     """
     if max_rank < 1:
@@ -501,9 +529,10 @@ def cmc_curves(
         raise HashbenchError(f"no results at {bits} bits (have: {have or 'none'})")
     refs = df[df["bits"].isna()]
     curves = {}
+    table = _read_cmc_table(results_dir)
     for part in (at, refs):
         for _, row in part.set_index("method", drop=False).loc[method_order(part["method"])].iterrows():
-            curves[row["method"]] = _load_cmc(results_dir, row, max_rank)
+            curves[row["method"]] = _load_cmc(results_dir, row, max_rank, table)
     out = pd.DataFrame(curves, index=pd.RangeIndex(1, max_rank + 1, name="rank"))
     out.attrs = {"dataset": str(df["dataset"].iloc[0]), "bits": int(bits), "reference": list(refs["method"])}
     return out

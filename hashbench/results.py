@@ -1,8 +1,10 @@
 """The results store: one CSV row per (method, bits) cell, with its provenance, plus artifacts.
 
 ``<out>/results.csv`` gets one row appended (and fsynced) per finished cell; the cell's codes, per-query
-AP and CMC go to ``<out>/cells/<method>-<bits>-<config hash>.npz`` *before* the row is written, so a
-row always points at a complete artifact and a killed run loses at most the cell in progress. A cell
+AP and CMC go to ``<out>/cells/<method>-<bits>-<config hash>.npz`` and its CMC curve (ranks 1-50) to
+``<out>/cmc.csv`` *before* the row is written, so a row always points at complete artifacts and a
+killed run loses at most the cell in progress. ``results.csv`` and ``cmc.csv`` are the citable,
+committed part; the ``cells/`` artifacts hold codes and stay local. A cell
 is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
 """
 
@@ -21,6 +23,8 @@ import numpy as np
 from . import __version__
 
 CSV_NAME = "results.csv"
+CMC_NAME = "cmc.csv"
+CMC_KEY = ("dataset", "method", "bits", "config_hash")
 
 
 @dataclass
@@ -101,6 +105,7 @@ class ResultStore:
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
         self.csv = self.out / CSV_NAME
+        self.cmc_csv = self.out / CMC_NAME
 
     def rows(self) -> list[dict]:
         if not self.csv.exists():
@@ -125,18 +130,30 @@ class ResultStore:
         os.replace(tmp, path)
         return str(path.relative_to(self.out))
 
-    def append(self, row: ResultRow) -> None:
+    def append(self, row: ResultRow, cmc: np.ndarray) -> None:
+        """Append the cell's CMC curve to ``cmc.csv``, then its row to ``results.csv`` (the commit mark)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        new = not self.csv.exists() or self.csv.stat().st_size == 0
-        values = asdict(row)
-        values["bits"] = "" if row.bits is None else row.bits
-        with open(self.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=ResultRow.columns())
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(v) for k, v in values.items()})
-            f.flush()
-            os.fsync(f.fileno())
+        bits = "" if row.bits is None else row.bits
+        key = {"dataset": row.dataset, "method": row.method, "bits": bits, "config_hash": row.config_hash}
+        ranks = [f"r{k}" for k in range(1, len(cmc) + 1)]
+        _append_csv(
+            self.cmc_csv,
+            [*CMC_KEY, *ranks],
+            {**key, **{r: f"{v:.6f}" for r, v in zip(ranks, cmc, strict=True)}},
+        )
+        values = {k: _fmt(v) for k, v in asdict(row).items()}
+        _append_csv(self.csv, ResultRow.columns(), {**values, "bits": bits})
+
+
+def _append_csv(path: Path, columns: list[str], row: dict) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fmt(v):

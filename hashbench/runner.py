@@ -238,7 +238,7 @@ def run(
             date=now(),
             artifact=artifact,
         )
-        store.append(row)
+        store.append(row, ev.cmc)
         rows.append(row)
         if on_row:
             on_row(row)

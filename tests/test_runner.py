@@ -184,3 +184,24 @@ def test_a_run_from_cache_reports_what_the_cached_stages_cost(finished, tmp_path
     again = rows[0]
     assert again.method == "ide-float" and again.map == pytest.approx(first.map)
     assert again.train_s == pytest.approx(first.train_s) and again.encode_s == pytest.approx(first.encode_s)
+
+
+def test_cmc_is_committed_beside_the_rows_and_the_report_needs_no_artifacts(finished, tmp_path):
+    import shutil
+
+    from hashbench.report import write_report
+
+    tmp, rows = finished
+    with open(tmp / "res" / "cmc.csv", newline="") as f:
+        cmc = list(csv.DictReader(f))
+    assert list(cmc[0])[:6] == ["dataset", "method", "bits", "config_hash", "r1", "r2"]
+    keys = {(r["method"], r["bits"], r["config_hash"]) for r in cmc}
+    # every results row has its curve (a cell killed after its curve was written appends it again)
+    assert all((r["method"], r["bits"], r["config_hash"]) in keys for r in read_rows(tmp / "res"))
+    # a fresh clone has results.csv and cmc.csv but not the (ignored) artifacts: the report still works
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("results.csv", "cmc.csv"):
+        shutil.copy(tmp / "res" / name, clone / name)
+    written = write_report(clone, cmc_bits=(32,))
+    assert (clone / "cmc_32.png").is_file() and "cmc_32.png" in {p.name for p in written.values()}

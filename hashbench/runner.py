@@ -80,7 +80,14 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
-    """Load the dataset, extract or load trunk maps, adapt features: everything the cells share."""
+    """Everything the cells share: :func:`setup` then :func:`load_inputs`."""
+    prep = setup(config, registry)
+    load_inputs(prep, config, need | ({"features"} if config.reference else set()))
+    return prep
+
+
+def setup(config: RunConfig, registry: Registry) -> Prepared:
+    """The cheap part: dataset records and attributes, backbone and weights, the base config (no features)."""
     dataset_cls = registry.dataset(config.dataset)
     backbone_cls = registry.backbone(config.backbone)
     dataset: Dataset = dataset_cls(config.data_root, **config.dataset_options)
@@ -93,8 +100,24 @@ def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
     cut = config.cut or backbone.default_cut
     backbone.check_cut(cut)
     log.info("dataset %s: %s", dataset.name, ", ".join(f"{k} {len(v)}" for k, v in splits.records.items()))
+    base = {
+        "dataset": dataset.config(),
+        "dataset_digest": dataset.digest(),
+        "backbone": backbone.config(),
+        "cut": cut,
+        "input_size": list(input_size),
+        "ide": asdict(config.ide),
+        "seed": config.seed,
+    }
+    return Prepared(dataset, splits, attributes, {}, backbone, cut, input_size, device, base, {})
+
+
+def load_inputs(prep: Prepared, config: RunConfig, need: set[str]) -> None:
+    """The heavy part: trunk maps (cached), adapted features if ``need`` has them, attributes."""
+    dataset, splits, backbone, cut, device = prep.dataset, prep.splits, prep.backbone, prep.cut, prep.device
+    cache = FeatureCache(config.cache_dir or default_cache_dir())
     maps, info = cache.trunk_maps(
-        dataset, splits.records, backbone, cut, input_size, device, progress=config.progress
+        dataset, splits.records, backbone, cut, prep.input_size, device, progress=config.progress
     )
     timings = {"extract_s": info["extract_s_recorded"]}
     n_images = sum(len(v) for v in splits.records.values())
@@ -113,8 +136,9 @@ def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
             info["cache_dir"],
             f" (extraction took {took:.0f} s, {n_images / took:.1f} images/s)" if took else "",
         )
-    inputs: dict[str, dict[str, np.ndarray]] = {"maps": maps}
-    if "features" in need or config.reference:
+    inputs = prep.inputs
+    inputs["maps"] = maps
+    if "features" in need:
         feats, ide_info = adapted_features(
             cache.root,
             info["key"],
@@ -136,19 +160,10 @@ def prepare(config: RunConfig, registry: Registry, need: set[str]) -> Prepared:
             ide_info["ide_embed_s"],
         )
     if "attributes" in need:
-        if attributes is None:
+        if prep.attributes is None:
             raise HashbenchError(f"dataset {dataset.name!r} has no attribute table, needed by a method")
-        inputs["attributes"] = {s: attributes.lookup(splits.arrays[s].pids) for s in splits.records}
-    base = {
-        "dataset": dataset.config(),
-        "dataset_digest": dataset.digest(),
-        "backbone": backbone.config(),
-        "cut": cut,
-        "input_size": list(input_size),
-        "ide": asdict(config.ide),
-        "seed": config.seed,
-    }
-    return Prepared(dataset, splits, attributes, inputs, backbone, cut, input_size, device, base, timings)
+        inputs["attributes"] = {s: prep.attributes.lookup(splits.arrays[s].pids) for s in splits.records}
+    prep.timings.update(timings)
 
 
 def make_view(prep: Prepared, split: str, consumes: frozenset[str]) -> View:
@@ -196,15 +211,34 @@ def run(
         registry.method(name)  # unknown name: error before any work
     parse_method_params(methods, registry, config.method_params)
     resolve_device(config.device)  # a bad --device fails before any data is read
-    need = set().union(*(registry.method(m).consumes for m in methods)) if methods else set()
-    unknown_inputs = need - set(INPUTS)
+    unknown_inputs = set().union(*(registry.method(m).consumes for m in methods)) - set(INPUTS)
     if unknown_inputs:
         raise HashbenchError(f"a method consumes unknown input(s) {sorted(unknown_inputs)}; known: {INPUTS}")
     out = Path(config.out or Path("results") / config.dataset)
     store = ResultStore(out)
     seed_everything(config.seed)
     commit = git_commit()  # the code that runs is the code at start
-    prep = prepare(config, registry, need)
+    prep = setup(config, registry)
+    name_of = prep.dataset.name
+
+    # the grid and its config hashes, known before any heavy work: a finished grid costs nothing
+    ref_hash = digest_of({**prep.base_config, "method": REFERENCE, "metric": "cosine"})
+    do_reference = config.reference and not store.finished(name_of, REFERENCE, None, ref_hash)
+    grid = []
+    for name, bits in ((m, b) for m in methods for b in config.bits):
+        method = registry.method(name)(bits=bits, seed=config.seed, **config.method_params.get(name, {}))
+        chash = digest_of({**prep.base_config, "method": name, "params": method.get_params()})
+        grid.append((name, bits, method, chash, store.finished(name_of, name, bits, chash) is not None))
+    pending = [cell for cell in grid if not cell[4]]
+    if config.reference and not do_reference:
+        log.info("%s: finished earlier, skipped", REFERENCE)
+    if not pending and not do_reference:
+        log.info("all %d cells finished earlier (%s); nothing to do", len(grid), store.csv)
+        return []
+    need = set().union(*(type(cell[2]).consumes for cell in pending)) | (
+        {"features"} if do_reference else set()
+    )
+    load_inputs(prep, config, need)
     dev = device_name(str(prep.device))
     counts = {s: len(prep.splits.records[s]) for s in ("train", "query", "gallery")}
     rows: list[ResultRow] = []
@@ -244,38 +278,30 @@ def run(
             on_row(row)
 
     q, g = prep.splits.arrays["query"], prep.splits.arrays["gallery"]
-    if config.reference:
-        chash = digest_of({**prep.base_config, "method": REFERENCE, "metric": "cosine"})
-        if store.finished(prep.dataset.name, REFERENCE, None, chash):
-            log.info("%s: finished earlier, skipped", REFERENCE)
-        else:
-            fq, fg = prep.inputs["features"]["query"], prep.inputs["features"]["gallery"]
-            t0 = time.perf_counter()
-            ranking = search.float_rank(fq, fg, metric="cosine")
-            query_ms = (time.perf_counter() - t0) * 1000 / len(fq)
-            ev = metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids)
-            art = store.save_artifact(store.artifact_path(REFERENCE, None, chash), ap=ev.ap, cmc=ev.cmc)
-            emit(
-                REFERENCE,
-                None,
-                ev,
-                prep.timings.get("ide_train_s", 0.0),
-                prep.timings.get("ide_embed_s", 0.0),
-                query_ms,
-                fq.shape[1] * 4,
-                chash,
-                art,
-            )
-            log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
+    if do_reference:
+        fq, fg = prep.inputs["features"]["query"], prep.inputs["features"]["gallery"]
+        t0 = time.perf_counter()
+        ranking = search.float_rank(fq, fg, metric="cosine")
+        query_ms = (time.perf_counter() - t0) * 1000 / len(fq)
+        ev = metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids)
+        art = store.save_artifact(store.artifact_path(REFERENCE, None, ref_hash), ap=ev.ap, cmc=ev.cmc)
+        emit(
+            REFERENCE,
+            None,
+            ev,
+            prep.timings.get("ide_train_s", 0.0),
+            prep.timings.get("ide_embed_s", 0.0),
+            query_ms,
+            fq.shape[1] * 4,
+            ref_hash,
+            art,
+        )
+        log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
 
-    cells = [(m, b) for m in methods for b in config.bits]
-    for k, (name, bits) in enumerate(cells, 1):
-        klass = registry.method(name)
-        params = dict(config.method_params.get(name, {}))
-        method: HashMethod = klass(bits=bits, seed=config.seed, **params)
-        chash = digest_of({**prep.base_config, "method": name, "params": method.get_params()})
-        tag = f"cell {k}/{len(cells)} {name} @ {bits} bits"
-        if store.finished(prep.dataset.name, name, bits, chash):
+    for k, (name, bits, method, chash, done) in enumerate(grid, 1):
+        klass: type[HashMethod] = type(method)
+        tag = f"cell {k}/{len(grid)} {name} @ {bits} bits"
+        if done:
             log.info("%s: finished earlier, skipped", tag)
             continue
         log.info("%s: training", tag)

@@ -78,10 +78,16 @@ def test_hashing_is_above_chance_and_below_perfect(finished):
     assert 5 < itq32.map < 100
 
 
-def test_rerun_skips_finished_cells_and_resumes_a_lost_one(finished):
+def test_rerun_skips_finished_cells_and_resumes_a_lost_one(finished, monkeypatch):
+    from hashbench.features import FeatureCache
+
     tmp, rows = finished
     config = tiny_config(tmp)
-    assert run(config) == []  # everything finished: nothing recomputed
+    with monkeypatch.context() as m:  # everything finished: nothing recomputed, not even features read
+        m.setattr(
+            FeatureCache, "trunk_maps", lambda *a, **k: pytest.fail("features loaded for a finished grid")
+        )
+        assert run(config) == []
     # a run killed during its last cell: the row never got written
     path = tmp / "res" / "results.csv"
     lines = path.read_text().splitlines(keepends=True)

@@ -121,6 +121,7 @@ def cmd_run(args) -> int:
         out=out,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         search_backend=args.search,
+        finetune=args.finetune,
         progress=not args.no_progress,
     )
     t0 = time.perf_counter()
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="feature cache (default: $HASHBENCH_CACHE or ~/.cache/hashbench)")
     s.add_argument(
         "--search", default="auto", choices=("auto", "faiss", "numpy"), help="Hamming search backend"
+    )
+    s.add_argument(
+        "--finetune",
+        default="top",
+        choices=("top", "full"),
+        help="deep methods: train the top blocks on cached trunk maps (default), or the whole backbone "
+        "from pixels (meant for a CUDA device)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)

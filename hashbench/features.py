@@ -172,6 +172,29 @@ class FeatureCache:
         rows_file.unlink(missing_ok=True)
 
 
+class ImageSource:
+    """The pixels of one split for methods that train from images (``--finetune full``).
+
+    ``batch(index)`` reads, resizes and normalises those records exactly as the trunk cache does, so a
+    network trained from pixels sees the inputs the cached maps were computed from.
+    """
+
+    def __init__(self, dataset: Dataset, records: Sequence[Record], input_size: tuple[int, int]) -> None:
+        self.dataset = dataset
+        self.records = list(records)
+        self.input_size = tuple(input_size)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def batch(self, index: Sequence[int]) -> torch.Tensor:
+        """(B, 3, H, W) float32 tensor of the records at ``index``."""
+        return to_tensor(list(self.dataset.open_images([self.records[i] for i in index])), self.input_size)
+
+    def subset(self, index: Sequence[int]) -> ImageSource:
+        return ImageSource(self.dataset, [self.records[i] for i in index], self.input_size)
+
+
 def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))

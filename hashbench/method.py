@@ -6,6 +6,12 @@ A method never touches files, devices it was not given, or metrics. It declares 
 ``features``    pooled, re-id adapted CNN features (N, D) float32 (the IDE stage's output)
 ``maps``        frozen trunk feature maps (N, C, H, W) float16, for methods that train their own top
 ``attributes``  identity-level attribute codes (N, n_groups) int16, -1 unknown
+``images``      the split's pixels, as an :class:`~hashbench.features.ImageSource` (``len``, and
+                ``batch(index) -> (B, 3, H, W)`` normalised tensors), for training from pixels
+                (``--finetune full``)
+
+``consumes`` is a class attribute; a method whose inputs depend on a hyperparameter (a deep method
+with ``finetune="full"`` reads ``images`` instead of ``maps``) overrides it on the instance.
 
 ``encode`` returns codes as an (N, bits) uint8 array of 0/1; packing and search are the core's job.
 As in scikit-learn, ``__init__`` only stores hyperparameters and learned state ends in ``_``.
@@ -23,7 +29,7 @@ import numpy as np
 from .data import AttributeSchema
 from .errors import HashbenchError
 
-INPUTS = ("features", "maps", "attributes")
+INPUTS = ("features", "maps", "attributes", "images")
 
 
 @dataclass
@@ -36,6 +42,7 @@ class View:
     features: np.ndarray | None = None
     maps: np.ndarray | None = None
     attributes: np.ndarray | None = None
+    images: Any = None
 
     def __len__(self) -> int:
         return len(self.pids)
@@ -52,6 +59,7 @@ class View:
         def take(a):
             return None if a is None else a[index]
 
+        images = None if self.images is None else self.images.subset(index)
         return View(
             self.split,
             self.pids[index],
@@ -59,6 +67,7 @@ class View:
             take(self.features),
             take(self.maps),
             take(self.attributes),
+            images,
         )
 
 

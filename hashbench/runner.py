@@ -9,6 +9,7 @@ method a :class:`~hashbench.method.View` with exactly the inputs the method decl
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ import torch
 from . import __version__, metrics, search
 from .data import Dataset, Splits
 from .errors import HashbenchError
-from .features import FeatureCache, default_cache_dir, digest_of, resolve_device
+from .features import FeatureCache, ImageSource, default_cache_dir, digest_of, resolve_device
 from .ide import IDEConfig, adapted_features
 from .method import INPUTS, Context, HashMethod, View, check_codes
 from .registry import Registry
@@ -55,6 +56,7 @@ class RunConfig:
     search_backend: str = "auto"
     reference: bool = True
     progress: bool = True
+    finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
 
 
 @dataclass
@@ -159,6 +161,10 @@ def load_inputs(prep: Prepared, config: RunConfig, need: set[str]) -> None:
             ide_info["ide_train_s"],
             ide_info["ide_embed_s"],
         )
+    if "images" in need:
+        inputs["images"] = {
+            s: ImageSource(dataset, splits.records[s], prep.input_size) for s in splits.records
+        }
     if "attributes" in need:
         if prep.attributes is None:
             raise HashbenchError(f"dataset {dataset.name!r} has no attribute table, needed by a method")
@@ -172,10 +178,16 @@ def make_view(prep: Prepared, split: str, consumes: frozenset[str]) -> View:
     return View(split, arrays.pids, arrays.camids, **extra)
 
 
+def make_method(klass: type[HashMethod], bits: int, config: RunConfig) -> HashMethod:
+    """Instantiate a method for a cell; the run-level ``finetune`` goes to methods that accept it."""
+    params = dict(config.method_params.get(klass.name, {}))
+    if "finetune" in inspect.signature(klass.__init__).parameters:
+        params.setdefault("finetune", config.finetune)
+    return klass(bits=bits, seed=config.seed, **params)
+
+
 def parse_method_params(methods: Sequence[str], registry: Registry, params: dict[str, dict]) -> None:
     """Fail early on unknown methods or hyperparameters (before any heavy work)."""
-    import inspect
-
     for name in methods:
         klass = registry.method(name)
         bad = [k for k in params.get(name, {}) if k not in inspect.signature(klass.__init__).parameters]
@@ -226,7 +238,7 @@ def run(
     do_reference = config.reference and not store.finished(name_of, REFERENCE, None, ref_hash)
     grid = []
     for name, bits in ((m, b) for m in methods for b in config.bits):
-        method = registry.method(name)(bits=bits, seed=config.seed, **config.method_params.get(name, {}))
+        method = make_method(registry.method(name), bits, config)
         chash = digest_of({**prep.base_config, "method": name, "params": method.get_params()})
         grid.append((name, bits, method, chash, store.finished(name_of, name, bits, chash) is not None))
     pending = [cell for cell in grid if not cell[4]]
@@ -235,9 +247,7 @@ def run(
     if not pending and not do_reference:
         log.info("all %d cells finished earlier (%s); nothing to do", len(grid), store.csv)
         return []
-    need = set().union(*(type(cell[2]).consumes for cell in pending)) | (
-        {"features"} if do_reference else set()
-    )
+    need = set().union(*(cell[2].consumes for cell in pending)) | ({"features"} if do_reference else set())
     load_inputs(prep, config, need)
     dev = device_name(str(prep.device))
     counts = {s: len(prep.splits.records[s]) for s in ("train", "query", "gallery")}
@@ -299,7 +309,7 @@ def run(
         log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
 
     for k, (name, bits, method, chash, done) in enumerate(grid, 1):
-        klass: type[HashMethod] = type(method)
+        consumes = method.consumes  # may depend on the method's hyperparameters (finetune)
         tag = f"cell {k}/{len(grid)} {name} @ {bits} bits"
         if done:
             log.info("%s: finished earlier, skipped", tag)
@@ -314,15 +324,11 @@ def run(
             extras={"cut": prep.cut},
         )
         t0 = time.perf_counter()
-        method.fit(make_view(prep, "train", klass.consumes), context)
+        method.fit(make_view(prep, "train", consumes), context)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        q_codes = check_codes(
-            method.encode(make_view(prep, "query", klass.consumes)), len(q.pids), bits, name
-        )
-        g_codes = check_codes(
-            method.encode(make_view(prep, "gallery", klass.consumes)), len(g.pids), bits, name
-        )
+        q_codes = check_codes(method.encode(make_view(prep, "query", consumes)), len(q.pids), bits, name)
+        g_codes = check_codes(method.encode(make_view(prep, "gallery", consumes)), len(g.pids), bits, name)
         encode_s = time.perf_counter() - t0
         ev, query_ms = evaluate_codes(prep, q_codes, g_codes, config.search_backend)
         art = store.save_artifact(

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from hashbench.cli import main
+from hashbench.hookspecs import hookimpl
 from hashbench.ide import IDEConfig
+from hashbench.method import HashMethod
 from hashbench.registry import Registry
 from hashbench.results import ResultRow
 from hashbench.runner import RunConfig, run
@@ -211,3 +213,55 @@ def test_cmc_is_committed_beside_the_rows_and_the_report_needs_no_artifacts(fini
         shutil.copy(tmp / "res" / name, clone / name)
     written = write_report(clone, cmc_bits=(32,))
     assert (clone / "cmc_32.png").is_file() and "cmc_32.png" in {p.name for p in written.values()}
+
+
+class PixelMean(HashMethod):
+    """A test method whose inputs depend on `finetune`: trunk maps when "top", pixels when "full"."""
+
+    name = "pixelmean"
+    description = "test method: thresholded samples of its input"
+
+    def __init__(self, bits, seed=0, finetune="top"):
+        super().__init__(bits, seed)
+        self.finetune = finetune
+        self.consumes = frozenset({"images" if finetune == "full" else "maps"})
+
+    def _stats(self, view):
+        if self.finetune == "full":
+            batches = [view.images.batch(range(i, min(i + 16, len(view)))) for i in range(0, len(view), 16)]
+            x = np.concatenate([b.numpy() for b in batches])
+            assert x.shape[1:] == (3, 64, 32)  # the run's input size, normalised pixels
+        else:
+            x = np.asarray(view.maps, dtype=np.float32)
+        flat = x.reshape(len(x), -1)
+        return flat[:, np.linspace(0, flat.shape[1] - 1, self.bits).astype(int)]
+
+    def fit(self, train, context=None):
+        self.median_ = np.median(self._stats(train), axis=0)
+        return self
+
+    def encode(self, view):
+        return (self._stats(view) > self.median_).astype(np.uint8)
+
+
+class PixelMeanPlugin:
+    @hookimpl
+    def hashbench_register_methods(self):
+        return [PixelMean]
+
+
+def test_finetune_full_hands_pixels_to_methods_that_ask(finished, tmp_path):
+    cache = finished[0] / "cache"
+    reg = Registry.load(extra_plugins=(PixelMeanPlugin(),))
+    rows = run(
+        tiny_config(
+            tmp_path, methods=["pixelmean"], bits=[16], cache_dir=cache, reference=False, finetune="full"
+        ),
+        registry=reg,
+    )
+    assert [(r.method, r.bits) for r in rows] == [("pixelmean", 16)]
+    top = run(
+        tiny_config(tmp_path, methods=["pixelmean"], bits=[16], cache_dir=cache, reference=False),
+        registry=reg,
+    )
+    assert len(top) == 1 and top[0].config_hash != rows[0].config_hash  # finetune is part of the cell config

@@ -1,4 +1,4 @@
-"""Command line: ``hashbench list | run | report``.
+"""Command line: ``hashbench list | run | report | leaderboard``.
 
 Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
 status 2.
@@ -145,6 +145,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_leaderboard(args) -> int:
+    from . import leaderboard
+
+    if args.check:
+        diff = leaderboard.check(Path(args.root), Path(args.out) if args.out else None)
+        page = args.out or str(Path(args.root) / leaderboard.PAGE_NAME)
+        if diff is not None:
+            print(diff)
+            raise HashbenchError(
+                f"{page} differs from the results under {args.root}: run `hashbench leaderboard {args.root}`"
+            )
+        print(f"{page} matches the results under {args.root}")
+        return 0
+    print(f"written: {leaderboard.write(Path(args.root), Path(args.out) if args.out else None)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hashbench", description="Benchmark hashing methods for person re-id.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -196,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cmc-bits", default="2048,128", help="code lengths to draw CMC curves for")
     s.add_argument("--paper", help="CSV of published rows (method, bits, map) to compare against")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("leaderboard", help="LEADERBOARD.md from every committed results.csv under a folder")
+    s.add_argument("root", nargs="?", default="results", help="folder to scan (default: results)")
+    s.add_argument("--out", help="page to write or check (default: ROOT/LEADERBOARD.md)")
+    s.add_argument("--check", action="store_true", help="fail when the page differs from the CSVs (for CI)")
+    s.set_defaults(func=cmd_leaderboard)
     return p
 
 

@@ -34,7 +34,9 @@ from .results import CMC_NAME
 RESULTS_FILE = "results.csv"
 REQUIRED_COLUMNS = ("dataset", "method", "bits", "map", "rank1", "date", "artifact")
 METRICS = {"map": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20"}
-PAPER_ORDER = ("ksh-cnn", "sdh-cnn", "dbh", "pdh", "deepssh")
+# the paper's order; plugin names (ksh, sdh) and the paper's spellings (KSH-CNN, SDH-CNN) share a place
+PAPER_ORDER = ("ksh", "sdh", "dbh", "pdh", "deepssh")
+PAPER_ALIASES = {"ksh-cnn": "ksh", "sdh-cnn": "sdh"}
 DATASET_NAMES = {"market1501": "Market-1501", "market-1501": "Market-1501"}
 PROTOCOL = (
     "Market-1501 protocol: junk = same id and camera, or id -1; distractors kept; "
@@ -174,12 +176,17 @@ def select_latest(
     return df.drop(columns=["_date", "_row"]).reset_index(drop=True)
 
 
+def _canonical(name: str) -> str:
+    """Lower-case name with the paper's spellings mapped to plugin names (``KSH-CNN`` -> ``ksh``)."""
+    return PAPER_ALIASES.get(name.lower(), name.lower())
+
+
 def method_order(methods: Iterable[str]) -> list[str]:
     """The paper's order (KSH-CNN, SDH-CNN, DBH, PDH, DeepSSH), then other methods alphabetically."""
 
     def key(name: str) -> tuple[int, str]:
-        low = name.lower()
-        return (PAPER_ORDER.index(low) if low in PAPER_ORDER else len(PAPER_ORDER), low)
+        low = _canonical(name)
+        return (PAPER_ORDER.index(low) if low in PAPER_ORDER else len(PAPER_ORDER), name.lower())
 
     return sorted(dict.fromkeys(methods), key=key)
 
@@ -274,7 +281,7 @@ def render(
     latex = fmt == "latex"
     bf_open, it_open, close = (_BF, _IT, _END) if latex else ("**", "*", None)
     ref_names = set(table.attrs.get("reference", ()))
-    paper_by_name = {} if paper is None else {str(m).lower(): m for m in paper.index}
+    paper_by_name = {} if paper is None else {_canonical(str(m)): m for m in paper.index}
     bits = list(table.columns)
     if paper is not None:
         bits = sorted(set(bits) | {int(b) for b in paper.columns})
@@ -294,9 +301,9 @@ def render(
     methods = [m for m in table.index if m not in ref_names]
     for method in methods:
         theirs = None
-        if paper is not None and method.lower() in paper_by_name:
-            theirs = paper.loc[paper_by_name[method.lower()]]
-            seen_paper.add(method.lower())
+        if paper is not None and _canonical(method) in paper_by_name:
+            theirs = paper.loc[paper_by_name[_canonical(method)]]
+            seen_paper.add(_canonical(method))
         cells = [name(method)]
         for b in bits:
             v = table.at[method, b] if b in table.columns else math.nan

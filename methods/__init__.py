@@ -9,6 +9,8 @@ from hashbench.hookspecs import hookimpl
 @hookimpl
 def hashbench_register_methods():
     from .itq import ITQ
+    from .ksh import KSH
     from .lsh import LSH
+    from .sdh import SDH
 
-    return [LSH, ITQ]
+    return [LSH, ITQ, KSH, SDH]

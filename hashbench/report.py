@@ -318,7 +318,8 @@ def render(
             cells.append(text)
         rows.append(cells)
         if theirs is not None:
-            rows.append(_paper_row(name(f"{method} (paper)"), theirs, bits, fmt))
+            label = paper_by_name[_canonical(method)]  # the paper's own spelling (KSH-CNN)
+            rows.append(_paper_row(name(f"{label} (paper)"), theirs, bits, fmt))
     if paper is not None:  # published methods we have no row for
         for low in method_order(paper_by_name):
             if low not in seen_paper:

@@ -234,10 +234,10 @@ def test_paper_comparison(store: Path, tmp_path: Path) -> None:
     assert "**24.10** (+3.48)" in deep
     dbh = next(line for line in text.splitlines() if line.startswith("| DBH "))
     assert f"{fake_map('DBH', 2048):.2f} (-{30 - round(fake_map('DBH', 2048), 2):.2f})" in dbh
-    assert re.search(r"\| DeepSSH \(paper\) +\| +20\.62 \|", text)
+    assert re.search(r"\| deepssh \(paper\) +\| +20\.62 \|", text)
     assert "CNNH (paper)" in text  # published-only method still listed
     lines = text.splitlines()
-    assert lines.index(deep) + 1 == lines.index(next(x for x in lines if x.startswith("| DeepSSH (paper)")))
+    assert lines.index(deep) + 1 == lines.index(next(x for x in lines if x.startswith("| deepssh (paper)")))
 
 
 def test_paper_file_errors(tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ def test_builtins_are_registered_through_entry_points():
 
 def test_unknown_names_list_the_valid_ones():
     reg = Registry.load()
-    with pytest.raises(HashbenchError, match=r"--methods: unknown method 'nope'; valid: (.*, )?itq, (.*, )?lsh\b"):
+    with pytest.raises(
+        HashbenchError, match=r"--methods: unknown method 'nope'; valid: (.*, )?itq, (.*, )?lsh\b"
+    ):
         reg.method("nope")
     with pytest.raises(HashbenchError, match=r"--dataset: unknown dataset 'x'; valid: .*market1501"):
         reg.dataset("x")

@@ -207,7 +207,12 @@ def ksh_greedy(
     mk = r * (2.0 * zy.T @ zy - np.outer(z1, z1))  # Z^T (r S) Z
     v0 = np.ones(m) / np.sqrt(m)
     proj = np.empty((m, r))
-    stats = {"objective": [float(r) ** 2 * float(n_lab) ** 2], "bit_objective": [], "smoothed": [], "n_steps": []}
+    stats = {
+        "objective": [float(r) ** 2 * float(n_lab) ** 2],
+        "bit_objective": [],
+        "smoothed": [],
+        "n_steps": [],
+    }
     for k in range(r):
         u = _top_eigvec(mk, v0)
         v0 = u
@@ -265,14 +270,18 @@ class KSH(HashMethod):
         if int(self.n_labeled) < 2:
             raise HashbenchError(f"ksh: n_labeled must be >= 2, got {self.n_labeled!r}")
         rng = np.random.default_rng(self.seed)
-        self.kernel_ = RBFAnchorMap(self.n_anchors, self.sigma, self.sigma_scale, self.anchors, self.normalize)
+        self.kernel_ = RBFAnchorMap(
+            self.n_anchors, self.sigma, self.sigma_scale, self.anchors, self.normalize
+        )
         k = self.kernel_.fit_transform(x, rng)
         self.kernel_mean_ = k.mean(axis=0)
         n_lab = min(int(self.n_labeled), len(x))
         self.labeled_ = np.sort(rng.choice(len(x), n_lab, replace=False))
         kl = k[self.labeled_] - self.kernel_mean_
         del k
-        self.proj_, stats = ksh_greedy(kl, pids[self.labeled_], self.bits, int(self.max_iter), float(self.tol))
+        self.proj_, stats = ksh_greedy(
+            kl, pids[self.labeled_], self.bits, int(self.max_iter), float(self.tol)
+        )
         self.objective_ = stats["objective"]
         self.bit_objective_ = stats["bit_objective"]
         self.smoothed_ = stats["smoothed"]

@@ -190,7 +190,9 @@ class SDH(HashMethod):
         n, c, nbits = len(x), int(labels.max()) + 1, self.bits
         lam, nu, ridge = float(self.lam), float(self.nu), float(self.delta) * n
 
-        self.kernel_ = RBFAnchorMap(self.n_anchors, self.sigma, self.sigma_scale, self.anchors, self.normalize)
+        self.kernel_ = RBFAnchorMap(
+            self.n_anchors, self.sigma, self.sigma_scale, self.anchors, self.normalize
+        )
         phi = np.hstack([self.kernel_.fit_transform(x, rng), np.ones((n, 1))])
         bt = np.where(rng.standard_normal((nbits, n)) >= 0, 1.0, -1.0)  # B^T, bit-major
 

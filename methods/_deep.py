@@ -1,0 +1,427 @@
+"""Shared machinery of the deep hashing methods (DBH, PDH, DeepSSH): network, sampler, training loop.
+
+A deep method trains its own copy of the backbone's top (the stages after the cut, initialised from
+ImageNet, *not* from the IDE checkpoint) plus its hash layer(s), on the cached trunk maps of the training
+split (``finetune="top"``, CPU friendly), or the whole backbone from pixels (``finetune="full"``: a
+trainable copy of the trunk in front of the top; meant for a CUDA device).
+
+A method is a small subclass of :class:`DeepHashing` that defines
+
+- ``build_head(channels, n_ids, train, context)``: an ``nn.Module`` that maps the pooled region features
+  ``(B, R, C)`` to a dict with at least ``"pre"`` (``(B, bits)`` pre-activations of the hash layer; the
+  code is ``pre > 0``, i.e. the sigmoid relaxation thresholded at 0.5) and whatever its loss needs;
+- ``loss(out, targets)``: the scalar training loss and a dict of float statistics for the log
+  (``targets["ids"]``: identity indices 0..n_ids-1, ``targets["attributes"]`` when the view has them);
+- optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`) and ``batches``
+  (the sampler: P x K identity-balanced batches by default, see :func:`pk_batches`).
+
+Everything else is here: the body (top, or trunk + top), region pooling, device handling from
+``context.device``, SGD with Nesterov momentum, linear warm-up + cosine decay (:func:`hashbench.ide.
+warmup_cosine`), horizontal-flip augmentation (:func:`hashbench.ide.maps_to_tensor`), determinism for a
+seed, a tqdm bar per epoch when ``context.progress``, a per-epoch log in ``history_``, and ``encode`` in
+eval mode in batches.
+
+Regions are horizontal strips given as fractions of the height, ``(start, end)`` with 0 the top. On an
+input of height ``H`` a strip covers rows ``floor(start * H) .. ceil(end * H) - 1``. On MobileNetV2's
+block-13 trunk maps (stride 16) row ``r`` is computed from image rows ``16 r .. 16 r + 15`` (its
+receptive field is larger, its stride cell is exactly this), so the map rows of a strip are exactly the
+stride cells of the image rows of that strip whenever ``start * H_image`` and ``end * H_image`` are
+multiples of 16 (exactly so for the PDH strips at 256 x 128 and at 128 x 64 input).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hashbench.errors import HashbenchError
+from hashbench.ide import iterate_batches, label_index, maps_to_tensor, warmup_cosine
+from hashbench.method import Context, HashMethod, View
+
+log = logging.getLogger(__name__)
+
+WHOLE = ((0.0, 1.0),)
+FINETUNE = ("top", "full")
+
+
+# -- regions ------------------------------------------------------------------------------------------
+def region_rows(height: int, regions: Sequence[tuple[float, float]]) -> list[tuple[int, int]]:
+    """Row ranges ``[r0, r1)`` of each fractional strip on an input of ``height`` rows (never empty)."""
+    rows = []
+    for start, end in regions:
+        r0 = min(height - 1, math.floor(start * height + 1e-9))
+        r1 = max(r0 + 1, math.ceil(end * height - 1e-9))
+        rows.append((r0, min(height, r1)))
+    return rows
+
+
+def split_bits(bits: int, n: int) -> list[int]:
+    """``bits`` shared by ``n`` branches as evenly as possible (the first ones get the remainder)."""
+    base, extra = divmod(bits, n)
+    return [base + (i < extra) for i in range(n)]
+
+
+# -- sampler ------------------------------------------------------------------------------------------
+def pk_batches(labels: np.ndarray, p: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of P x K identity-balanced batches (Hermans et al., 2017): P ids, K images each.
+
+    Each identity's images are shuffled and cut into chunks of K (an identity with fewer than K images is
+    filled up by drawing its images again); batches take one chunk from each of P distinct identities,
+    drawn with probability proportional to their remaining chunks, until fewer than P identities have
+    chunks left. So an epoch shows about every image once, and every anchor has K - 1 positives and
+    (P - 1) K negatives in its batch. Indices within a batch are sorted (memory-mapped reads).
+    """
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    ids, starts = np.unique(labels[order], return_index=True)
+    bounds = np.append(starts, len(labels))
+    if len(ids) < p:
+        raise HashbenchError(f"P x K sampler: P = {p} identities per batch, but the split has {len(ids)}")
+    chunks: list[np.ndarray] = []
+    for j in range(len(ids)):
+        idx = rng.permutation(order[bounds[j] : bounds[j + 1]])
+        if len(idx) < k:
+            idx = np.concatenate([idx, rng.choice(idx, k - len(idx))])
+        n = len(idx) // k
+        chunks.append(idx[: n * k].reshape(n, k))
+    left = np.array([len(c) for c in chunks])
+    batches = []
+    while (left > 0).sum() >= p:
+        avail = np.flatnonzero(left > 0)
+        chosen = rng.choice(avail, p, replace=False, p=left[avail] / left[avail].sum())
+        left[chosen] -= 1
+        batches.append(np.sort(np.concatenate([chunks[c][left[c]] for c in chosen])))
+    return batches
+
+
+# -- network ------------------------------------------------------------------------------------------
+def make_body(context: Context, finetune: str) -> tuple[nn.Module, int, list[nn.Parameter]]:
+    """The trainable body: a fresh ImageNet copy of the top, preceded by a trainable trunk copy for
+    ``finetune="full"``. Returns the body, its output channels and the trunk's parameters (to get a
+    smaller learning rate)."""
+    backbone = context.backbone
+    if backbone is None:
+        raise HashbenchError("deep methods need the backbone in their context (context.backbone)")
+    cut = context.extras.get("cut", backbone.default_cut)
+    top = backbone.top(cut)
+    if finetune == "top":
+        return top, backbone.out_channels, []
+    trunk = copy.deepcopy(backbone.trunk(cut)).train()
+    for p in trunk.parameters():
+        p.requires_grad_(True)
+    return nn.Sequential(trunk, top), backbone.out_channels, list(trunk.parameters())
+
+
+class HashLayer(nn.Module):
+    """Linear hash layer: ``pre = W x (+ b)``, optionally batch-normalised; relaxation ``sigmoid(pre)``.
+
+    With ``bn`` the pre-activations are standardised per bit (a BatchNorm1d with learned scale and
+    shift), so the code ``pre > 0`` starts balanced and the sigmoid starts in its sensitive range.
+    """
+
+    def __init__(self, channels: int, bits: int, bn: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(channels, bits, bias=not bn)
+        nn.init.normal_(self.linear.weight, std=0.01)
+        if self.linear.bias is not None:
+            nn.init.zeros_(self.linear.bias)
+        self.bn = nn.BatchNorm1d(bits) if bn else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.linear(x))
+
+
+class HashNet(nn.Module):
+    """Body + region pooling + a method's head.
+
+    ``region_mode="crop"``: every strip of the *input* (trunk maps or pixels) goes through the body on its
+    own (strips of equal height in one batch) and is average-pooled; parts never see each other, as when
+    each part image is fed to the network. ``region_mode="pool"``: the body runs once on the whole input
+    and each region average-pools the rows of the body's output covering its strip (cheaper; parts share
+    context through the receptive fields). The head gets ``(B, R, C)``.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Module,
+        regions: Sequence[tuple[float, float]] = WHOLE,
+        region_mode: str = "crop",
+    ) -> None:
+        super().__init__()
+        if region_mode not in ("crop", "pool"):
+            raise HashbenchError(f"region_mode {region_mode!r}: expected 'crop' or 'pool'")
+        self.body = body
+        self.head = head
+        self.regions = tuple(tuple(r) for r in regions)
+        self.region_mode = region_mode
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, R, C) region features of the input batch ``x``."""
+        if self.regions == WHOLE:
+            return self.body(x).mean(dim=(2, 3)).unsqueeze(1)
+        if self.region_mode == "pool":
+            y = self.body(x)
+            rows = region_rows(y.shape[2], self.regions)
+            return torch.stack([y[:, :, r0:r1].mean(dim=(2, 3)) for r0, r1 in rows], dim=1)
+        rows = region_rows(x.shape[2], self.regions)
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        by_height: dict[int, list[int]] = {}
+        for j, (r0, r1) in enumerate(rows):
+            by_height.setdefault(r1 - r0, []).append(j)
+        b = len(x)
+        for group in by_height.values():  # one body call per strip height: strips stacked on the batch
+            y = self.body(torch.cat([x[:, :, rows[j][0] : rows[j][1]] for j in group])).mean(dim=(2, 3))
+            for i, j in enumerate(group):
+                out[j] = y[i * b : (i + 1) * b]
+        return torch.stack(out, dim=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(self.pooled(x))
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Binary codes (B, bits) bool: the relaxed output thresholded (``pre > 0``)."""
+        return self.forward(x)["pre"] > 0
+
+
+# -- losses -------------------------------------------------------------------------------------------
+def sq_distances(z: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances divided by the dimension (per-bit mean, in [0, 1] for
+    relaxed codes in [0, 1]: the relaxed Hamming distance as a fraction of the code length)."""
+    sq = (z * z).sum(1)
+    d = sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)
+    return d.clamp_min(0.0) / z.shape[1]
+
+
+def triplet_loss(
+    z: torch.Tensor, labels: torch.Tensor, margin: float, mining: str = "hard"
+) -> tuple[torch.Tensor, float]:
+    """Triplet loss ``max(0, margin + d(a, p) - d(a, n))`` over a P x K batch, ``d`` from :func:`sq_distances`.
+
+    ``mining="hard"``: for each anchor its farthest positive and nearest negative in the batch (batch-hard,
+    Hermans et al. 2017), mean over anchors. ``"all"``: every valid (a, p, n) triplet of the batch, mean
+    over the triplets with a non-zero loss (batch-all). Returns the loss and the fraction of active
+    triplets.
+    """
+    d = sq_distances(z)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    pos = same & ~eye
+    if mining == "hard":
+        dp = d.masked_fill(~pos, float("-inf")).max(1).values
+        dn = d.masked_fill(same, float("inf")).min(1).values
+        ok = torch.isfinite(dp) & torch.isfinite(dn)
+        losses = torch.relu(margin + dp[ok] - dn[ok])
+        if not len(losses):
+            return z.sum() * 0.0, 0.0
+        return losses.mean(), float((losses > 0).float().mean())
+    valid = pos[:, :, None] & ~same[:, None, :]
+    losses = torch.relu(margin + d[:, :, None] - d[:, None, :])[valid]
+    active = losses > 1e-12
+    n_active = int(active.sum())
+    loss = losses.sum() / max(n_active, 1)
+    return loss, n_active / max(len(losses), 1)
+
+
+# -- the method base ----------------------------------------------------------------------------------
+def load_batch(source: Any, index: np.ndarray, device, flip: np.ndarray | None = None) -> torch.Tensor:
+    """Input tensor of rows ``index``: trunk maps (float16 array, memory-mapped) or an ImageSource.
+
+    Channels-last, as the network: MobileNetV2's top trains about 20 % and infers about 25 % faster so
+    on CPU (measured on 64 and 256 maps of 96 x 16 x 8)."""
+    if isinstance(source, np.ndarray):
+        x = maps_to_tensor(source, index, device, flip)
+    else:
+        x = source.batch(index).to(device=device, dtype=torch.float32)
+        if flip is not None and flip.any():
+            f = torch.from_numpy(flip).to(device)
+            x[f] = x[f].flip(-1)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class DeepHashing(HashMethod):
+    """Base of the deep hashing methods; see the module docstring for what a subclass defines.
+
+    Common hyperparameters (a subclass lists them in its own ``__init__`` with its defaults):
+
+    - ``epochs``;
+    - ``lr``: SGD with Nesterov momentum 0.9, for the top (with ``finetune="full"`` the trunk learns at
+      ``trunk_lr_mult`` x ``lr`` = 0.1 ``lr``);
+    - ``head_lr_mult``: the new, randomly initialised layers learn at ``head_lr_mult`` x ``lr`` (the
+      usual fine-tuning practice, Lin et al.'s included);
+    - ``weight_decay``;
+    - ``warmup_epochs``: linear warm-up, then cosine decay to 0 at the last step;
+    - ``flip``: horizontal flips of the maps or images, probability 0.5;
+    - ``finetune``: ``"top"`` trains on the cached trunk maps; ``"full"`` trains the whole backbone from
+      pixels (``consumes`` becomes ``{"images"}``).
+    """
+
+    consumes: ClassVar[frozenset[str]] = frozenset({"maps"})
+    supervised = True
+    regions: Sequence[tuple[float, float]] = WHOLE
+    region_mode: str = "crop"
+    momentum: ClassVar[float] = 0.9
+    trunk_lr_mult: ClassVar[float] = 0.1
+    encode_batch_size: ClassVar[int] = 256
+
+    def __init__(
+        self,
+        bits: int,
+        seed: int = 0,
+        *,
+        epochs: int,
+        lr: float,
+        head_lr_mult: float,
+        weight_decay: float,
+        warmup_epochs: float,
+        flip: bool,
+        finetune: str,
+    ) -> None:
+        super().__init__(bits, seed)
+        if finetune not in FINETUNE:
+            raise HashbenchError(f"{self.name}.finetune={finetune!r}: expected 'top' or 'full'")
+        if epochs < 1:
+            raise HashbenchError(f"{self.name}.epochs={epochs}: expected at least 1")
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.head_lr_mult = float(head_lr_mult)
+        self.weight_decay = float(weight_decay)
+        self.warmup_epochs = float(warmup_epochs)
+        self.flip = bool(flip)
+        self.finetune = finetune
+        if finetune == "full":  # pixels instead of cached trunk maps
+            self.consumes = (type(self).consumes - {"maps"}) | {"images"}
+
+    # -- what a subclass defines ------------------------------------------------------------------
+    @abstractmethod
+    def build_head(self, channels: int, n_ids: int, train: View, context: Context) -> nn.Module:
+        """The head on the pooled region features ``(B, R, C)``; returns a dict with ``"pre"``."""
+
+    @abstractmethod
+    def loss(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
+        """``(loss, stats)``: the scalar loss of a batch and a dict of float statistics."""
+
+    def head_param_groups(self, head: nn.Module) -> list[dict]:
+        """Optimiser groups of the head's parameters; default: all at ``head_lr_mult`` x ``lr``."""
+        return [{"params": list(head.parameters()), "lr": self.lr * self.head_lr_mult}]
+
+    def batches(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """One epoch of training batches (row indices); default P x K (needs ``self.P``, ``self.K``)."""
+        return pk_batches(labels, self.P, self.K, rng)
+
+    # -- training -----------------------------------------------------------------------------------
+    def _source(self, view: View):
+        return view.require("images" if self.finetune == "full" else "maps")
+
+    def fit(self, train: View, context: Context | None = None) -> DeepHashing:
+        context = context or Context()
+        device = torch.device(context.device)
+        self._progress = context.progress
+        if self.finetune == "full" and device.type == "cpu":
+            log.warning("%s: finetune=full on CPU trains the whole backbone from pixels; slow", self.name)
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        source = self._source(train)
+        labels = label_index(train.pids)
+        n_ids = int(labels.max()) + 1
+        targets_all = {"ids": torch.from_numpy(labels)}
+        if train.attributes is not None:
+            targets_all["attributes"] = torch.from_numpy(np.asarray(train.attributes, dtype=np.int64))
+
+        body, channels, trunk_params = make_body(context, self.finetune)
+        head = self.build_head(channels, n_ids, train, context)
+        model = HashNet(body, head, self.regions, self.region_mode)
+        self.model_ = model.to(device, memory_format=torch.channels_last)  # ~20 % faster on CPU
+        trunk_ids = {id(p) for p in trunk_params}
+        groups = [
+            {"params": [p for p in body.parameters() if id(p) not in trunk_ids], "lr": self.lr},
+            *self.head_param_groups(head),
+        ]
+        if trunk_params:
+            groups.append({"params": trunk_params, "lr": self.lr * self.trunk_lr_mult})
+        opt = torch.optim.SGD(groups, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True)
+        plan = [self.batches(labels, rng) for _ in range(self.epochs)]
+        total = sum(len(b) for b in plan)
+        if total == 0:
+            raise HashbenchError(f"{self.name}: the training split of {len(labels)} images gives no batch")
+        warmup = int(self.warmup_epochs * len(plan[0]))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+
+        self.history_: list[dict] = []
+        for epoch, epoch_batches in enumerate(plan, 1):
+            self.model_.train()
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            seen = 0
+            bar = tqdm(
+                epoch_batches,
+                desc=f"{self.name} {self.bits} bits, epoch {epoch}/{self.epochs}",
+                unit="batch",
+                disable=not context.progress,
+                dynamic_ncols=True,
+                leave=False,
+            )
+            for index in bar:
+                flip = rng.random(len(index)) < 0.5 if self.flip else None
+                x = load_batch(source, index, device, flip)
+                targets = {k: v[index].to(device) for k, v in targets_all.items()}
+                out = self.model_(x)
+                loss, stats = self.loss(out, targets)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                n = len(index)
+                seen += n
+                for key, value in {"loss": loss.item(), **stats}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * n
+                bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+            entry = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}}
+            entry["seconds"] = time.perf_counter() - t0
+            self.history_.append(entry)
+            log.info(
+                "%s %d bits epoch %d/%d: %s, %.0f s",
+                self.name,
+                self.bits,
+                epoch,
+                self.epochs,
+                ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k not in ("epoch", "seconds")),
+                entry["seconds"],
+            )
+        self.model_.eval()
+        return self
+
+    # -- encoding -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, view: View) -> np.ndarray:
+        model = self.model_.eval()
+        device = next(model.parameters()).device
+        source = self._source(view)
+        n = len(view)
+        codes = np.empty((n, self.bits), dtype=np.uint8)
+        bs = self.encode_batch_size
+        for i in tqdm(
+            range(0, n, bs),
+            desc=f"{self.name} codes [{view.split}]",
+            unit="batch",
+            disable=not getattr(self, "_progress", False),
+            leave=False,
+        ):
+            index = np.arange(i, min(i + bs, n))
+            codes[index] = model.codes(load_batch(source, index, device)).cpu().numpy()
+        return codes
+
+
+def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of uniformly shuffled batches (the last incomplete one dropped), as the IDE stage."""
+    return list(iterate_batches(n, batch_size, rng))

@@ -1,4 +1,4 @@
-"""Command line: ``hashbench list | run | report | leaderboard``.
+"""Command line: ``hashbench list | run | report | leaderboard | explain | query``.
 
 Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
 status 2.
@@ -103,7 +103,10 @@ def cmd_run(args) -> int:
         raise HashbenchError("--methods: give at least one method (see `hashbench list`)")
     if args.data_root is not None and not Path(args.data_root).exists():
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
-    out = Path(args.out) if args.out else Path("results") / args.dataset
+    if args.holdout < 0:
+        raise HashbenchError(f"--holdout {args.holdout}: expected a number of training identities (0: off)")
+    default_out = Path("results") / args.dataset / ("validation" if args.holdout else "")
+    out = Path(args.out) if args.out else default_out
     config = RunConfig(
         dataset=args.dataset,
         data_root=args.data_root,
@@ -122,6 +125,9 @@ def cmd_run(args) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         search_backend=args.search,
         finetune=args.finetune,
+        holdout=args.holdout,
+        reference=not args.no_reference,
+        attribute_queries=not args.no_attribute_queries,
         progress=not args.no_progress,
     )
     t0 = time.perf_counter()
@@ -129,6 +135,13 @@ def cmd_run(args) -> int:
     print(f"\nresults: {out / 'results.csv'}  (wall time {time.perf_counter() - t0:.1f} s)\n")
     print(write_report(out).markdown)
     return 0
+
+
+def _one_length(text: str, option: str) -> int:
+    bits = parse_bits(text)
+    if len(bits) != 1:
+        raise HashbenchError(f"{option} {text}: expected one code length")
+    return bits[0]
 
 
 def cmd_report(args) -> int:
@@ -139,6 +152,7 @@ def cmd_report(args) -> int:
         out_dir=Path(args.out) if args.out else None,
         cmc_bits=tuple(parse_bits(args.cmc_bits)),
         paper=args.paper,
+        aq_bits=_one_length(args.aq_bits, "--aq-bits") if args.aq_bits else None,
     )
     print(report.markdown)
     print("written: " + ", ".join(sorted(str(p) for p in report.values())))
@@ -159,6 +173,48 @@ def cmd_leaderboard(args) -> int:
         print(f"{page} matches the results under {args.root}")
         return 0
     print(f"written: {leaderboard.write(Path(args.root), Path(args.out) if args.out else None)}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .explain import write_explain
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    bits = parse_bits(args.bits) if args.bits else None
+    if bits is not None and len(bits) != 1:
+        raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    _, written = write_explain(args.results, methods, bits[0] if bits else None, args.out)
+    print(written["md"].read_text())
+    print("written: " + ", ".join(sorted(str(p) for p in written.values())))
+    return 0
+
+
+def cmd_query(args) -> int:
+    from .query import run_query
+
+    bits = parse_bits(args.bits)
+    if len(bits) != 1:
+        raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    if args.data_root is not None and not Path(args.data_root).exists():
+        raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
+    result = run_query(
+        dataset=args.dataset,
+        method=args.method,
+        bits=bits[0],
+        attributes=args.attributes,
+        image=args.image,
+        alpha=args.alpha,
+        top=args.top,
+        results_dir=args.results,
+        out=args.out,
+        data_root=args.data_root,
+        dataset_options=parse_params(args.dataset_option, prefix_required=False),
+        weights=args.weights,
+        cache_dir=args.cache_dir,
+        device=args.device,
+    )
+    print(result.format())
+    print(f"\nwritten: {result.png}")
     return 0
 
 
@@ -204,6 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="deep methods: train the top blocks on cached trunk maps (default), or the whole backbone "
         "from pixels (meant for a CUDA device)",
     )
+    s.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="validation run for tuning: hold out N training identities as query/gallery (Market-style) "
+        "and train on the rest; the test split is not read (default out: results/<dataset>/validation)",
+    )
+    s.add_argument(
+        "--no-reference", action="store_true", help="skip the ide-float reference row (and its IDE stage)"
+    )
+    s.add_argument(
+        "--no-attribute-queries",
+        action="store_true",
+        help="skip the search-by-description evaluation of each cell (attribute_queries.csv)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)
 
@@ -212,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write tables and plots (default: beside the CSV)")
     s.add_argument("--cmc-bits", default="2048,128", help="code lengths to draw CMC curves for")
     s.add_argument("--paper", help="CSV of published rows (method, bits, map) to compare against")
+    s.add_argument(
+        "--aq-bits", help="code length of the attribute-query table and plot (default: the longest)"
+    )
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("leaderboard", help="LEADERBOARD.md from every committed results.csv under a folder")
@@ -219,6 +294,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="page to write or check (default: ROOT/LEADERBOARD.md)")
     s.add_argument("--check", action="store_true", help="fail when the page differs from the CSVs (for CI)")
     s.set_defaults(func=cmd_leaderboard)
+
+    s = sub.add_parser("explain", help="which bits carry which attributes; attribute prediction from codes")
+    s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
+    s.add_argument("--methods", help="comma-separated methods (default: every hash method in the results)")
+    s.add_argument("--bits", help="one code length (default: every length in the results)")
+    s.add_argument("--out", help="where to write explain.csv, explain.md and the PNGs (default: RESULTS)")
+    s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("query", help="search a cell's gallery by attribute description and/or a photo")
+    s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
+    s.add_argument("--data-root", help="dataset folder or distribution zip (as given to the run)")
+    s.add_argument(
+        "--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option of the run, repeatable"
+    )
+    s.add_argument("--method", required=True, help="the cell's method")
+    s.add_argument("--bits", required=True, help="the cell's code length")
+    s.add_argument("--attributes", help='description, e.g. "gender=female,upper_color=red,backpack=yes"')
+    s.add_argument("--image", help="a pedestrian photo to search by (with --attributes: both)")
+    s.add_argument(
+        "--alpha", type=float, default=1.0, help="photo + description: weight of the description (default 1)"
+    )
+    s.add_argument("--top", type=int, default=10, help="number of hits (default 10)")
+    s.add_argument("--results", help="results directory (default: results/<dataset>)")
+    s.add_argument("--out", help="contact sheet PNG (default: RESULTS/query_<method>_<bits>.png)")
+    s.add_argument("--weights", default="imagenet", help="backbone weights of the run (for --image)")
+    s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
+    s.add_argument("--device", default="cpu", help="auto, cpu or cuda (for --image)")
+    s.set_defaults(func=cmd_query)
     return p
 
 

@@ -213,3 +213,32 @@ class Splits:
         if missing:
             raise HashbenchError(f"dataset is missing split(s): {', '.join(missing)}")
         self.arrays = {k: SplitArrays.of(v) for k, v in self.records.items()}
+
+
+def holdout_splits(train: Sequence[Record], n_ids: int, seed: int) -> tuple[Splits, dict[str, np.ndarray]]:
+    """A validation protocol inside the training split, for tuning without looking at the test split.
+
+    ``n_ids`` training identities (drawn with ``seed``; junk and distractor ids excluded) are held out;
+    the others stay for training. Among the held-out ones, Market-style: for every (identity, camera) one
+    image (drawn with ``seed``) is a query, the rest of their images form the gallery, so a query's
+    valid matches are the identity's images from the other cameras. Returns the new splits and, per
+    split, the row indices of its records in ``train`` (to reuse features computed for the training
+    split).
+    """
+    arrays = SplitArrays.of(train)
+    ids = np.unique(arrays.pids[arrays.pids > 0])
+    if not 2 <= n_ids < len(ids):
+        raise HashbenchError(
+            f"--holdout {n_ids}: expected 2 .. {len(ids) - 1} of the {len(ids)} training ids"
+        )
+    rng = np.random.default_rng([seed, 0x401D])
+    held = np.isin(arrays.pids, rng.choice(ids, n_ids, replace=False))
+    fit = np.flatnonzero(~held)
+    query = []
+    for key in np.unique(np.stack([arrays.pids[held], arrays.camids[held]], 1), axis=0):
+        rows = np.flatnonzero(held & (arrays.pids == key[0]) & (arrays.camids == key[1]))
+        query.append(rng.choice(rows))
+    query = np.sort(np.asarray(query, dtype=np.int64))
+    gallery = np.setdiff1d(np.flatnonzero(held), query)
+    index = {"train": fit, "query": query, "gallery": gallery}
+    return Splits({k: [train[i] for i in v] for k, v in index.items()}), index

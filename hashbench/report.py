@@ -29,7 +29,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .errors import HashbenchError
-from .results import CMC_NAME
+from .results import AQ_NAME, CMC_NAME
 
 RESULTS_FILE = "results.csv"
 REQUIRED_COLUMNS = ("dataset", "method", "bits", "map", "rank1", "date", "artifact")
@@ -597,6 +597,138 @@ def plot_cmc(
     return _save(fig, path)
 
 
+# ----------------------------------------------------------------------------------- attribute queries
+
+AQ_METRICS = {"rank1": "Rank-1", "rank5": "Rank-5", "precision10": "P@10"}
+AQ_NOTE = (
+    "Search by description: a naive-Bayes attribute decoder fitted on each method's training codes ranks "
+    "the gallery's test identities for n of an identity's attributes (seeded random subsets, the same "
+    "for every method). Rank-k: an image of that identity in the first k; P@10: share of the first 10 "
+    "whose identity has all the queried values. Ties broken by gallery order."
+)
+
+
+def load_attribute_queries(
+    results_dir: str | Path, df: pd.DataFrame | None = None, dataset: str | None = None
+) -> pd.DataFrame | None:
+    """The attribute-query rows of the cells shown by the report, or ``None`` without the file.
+
+    With ``df`` (the results), only rows whose (dataset, method, bits, config_hash) is a cell that
+    :func:`select_latest` keeps are used (a cell killed before its results row is not shown); several
+    rows for one (method, bits, n) keep the latest by ``date``.
+    """
+    path = Path(results_dir) / AQ_NAME
+    if not path.is_file():
+        return None
+    try:
+        aq = pd.read_csv(path, dtype={"dataset": str, "method": str, "config_hash": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        raise HashbenchError(f"{path} is not a readable CSV") from None
+    missing = [c for c in ("dataset", "method", "bits", "n_attributes", *AQ_METRICS) if c not in aq.columns]
+    if missing:
+        raise HashbenchError(f"{path}: missing required column(s) {', '.join(missing)}")
+    aq = aq.assign(bits=pd.to_numeric(aq["bits"], errors="coerce"))
+    aq = aq.dropna(subset=["bits"]).astype({"bits": int, "n_attributes": int})
+    if df is not None and "config_hash" in aq.columns and "config_hash" in df.columns:
+        cells = select_latest(df, dataset).dropna(subset=["bits"])
+        keys = {(str(r.dataset), str(r.method), int(r.bits), str(r.config_hash)) for r in cells.itertuples()}
+        mask = [
+            (str(r.dataset), str(r.method), int(r.bits), str(r.config_hash)) in keys for r in aq.itertuples()
+        ]
+        aq = aq[np.asarray(mask, dtype=bool)]
+    elif df is not None or dataset is not None:
+        aq = aq[aq["dataset"] == (dataset or str(select_latest(df)["dataset"].iloc[0]))]
+    if "date" in aq.columns:
+        aq = aq.assign(_d=pd.to_datetime(aq["date"], errors="coerce", utc=True, format="ISO8601"))
+        aq = aq.assign(_r=np.arange(len(aq))).sort_values(["_d", "_r"], na_position="first", kind="stable")
+        aq = aq.drop(columns=["_d", "_r"])
+    aq = aq.drop_duplicates(["dataset", "method", "bits", "n_attributes"], keep="last")
+    return aq.reset_index(drop=True)
+
+
+def _aq_at(aq: pd.DataFrame, bits: int | None) -> tuple[pd.DataFrame, int]:
+    have = sorted(int(b) for b in aq["bits"].unique())
+    if not have:
+        raise HashbenchError("no attribute-query rows for the cells of the results")
+    if bits is None:
+        bits = have[-1]
+    if int(bits) not in have:
+        raise HashbenchError(f"--aq-bits {bits}: no attribute-query rows at {bits} bits (have: {have})")
+    return aq[aq["bits"] == int(bits)], int(bits)
+
+
+def attribute_query_tables(aq: pd.DataFrame, bits: int | None = None) -> dict[str, pd.DataFrame]:
+    """Methods x number of queried attributes, one table per metric (``rank1``, ``rank5``,
+    ``precision10``, in %), at ``bits`` (default: the longest code with rows)."""
+    at, bits = _aq_at(aq, bits)
+    out = {}
+    for metric in AQ_METRICS:
+        table = at.pivot(index="method", columns="n_attributes", values=metric)
+        table = table.reindex(index=method_order(table.index), columns=sorted(table.columns)).astype(float)
+        table.index.name, table.columns.name = "method", "n"
+        table.attrs = {"dataset": str(at["dataset"].iloc[0]), "bits": bits, "metric": metric}
+        out[metric] = table
+    return out
+
+
+def render_attribute_queries(tables: dict[str, pd.DataFrame]) -> str:
+    """The :func:`attribute_query_tables` as Markdown: one table per metric, best of each column bold."""
+    first = next(iter(tables.values()))
+    name, bits = dataset_title(first.attrs["dataset"]), first.attrs["bits"]
+    parts = [f"**{name}: search by description, {bits}-bit codes (%), by number n of queried attributes**"]
+    for metric, table in tables.items():
+        best = table.round(2).max(axis=0, skipna=True)
+        rows = []
+        for method in table.index:
+            cells = [re.sub(r"([|*_`\\])", r"\\\1", method)]
+            for n in table.columns:
+                v = table.at[method, n]
+                text = _DASH["markdown"] if pd.isna(v) else _fmt(v)
+                if not pd.isna(v) and round(v, 2) == best[n]:
+                    text = f"**{text}**"
+                cells.append(text)
+            rows.append(cells)
+        headers = [AQ_METRICS[metric]] + [f"n={n}" for n in table.columns]
+        colalign = ("left",) + ("right",) * len(table.columns)
+        parts.append(
+            tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=colalign)
+        )
+    parts.append(AQ_NOTE)
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_attribute_queries(aq: pd.DataFrame, path: str | Path, bits: int | None = None) -> Path:
+    """PNG of identity Rank-1 and Rank-5 (%) against the number of queried attributes, one line per
+    method (the colours and markers of the other figures), at ``bits`` (default: the longest)."""
+    tables = attribute_query_tables(aq, bits)
+    styles = _styles(aq["method"].unique())
+    fig = _new_figure((9.0, 3.9))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, metric in zip(axes, ("rank1", "rank5"), strict=True):
+        table = tables[metric]
+        ns = [int(n) for n in table.columns]
+        for method in table.index:
+            color, marker = styles[method]
+            ax.plot(ns, table.loc[method].values, color=color, marker=marker, markersize=5, linewidth=1.8,
+                    label=method)  # fmt: skip
+        ax.set_xticks(ns)
+        ax.set_xlabel("Attributes in the description (n)")
+        ax.set_title(f"Identity {AQ_METRICS[metric]}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("Matching rate (%)")
+    axes[0].set_ylim(bottom=0, top=min(100.0, axes[0].get_ylim()[1]) + 2)
+    first = tables["rank1"]
+    fig.suptitle(
+        f"{dataset_title(first.attrs['dataset'])}: search by description, {first.attrs['bits']}-bit codes"
+    )
+    last = tables["rank5"].iloc[:, -1].fillna(-math.inf)  # legend top to bottom by the last point
+    order = sorted(range(len(last)), key=lambda i: -last.iloc[i])
+    handles, labels = axes[1].get_legend_handles_labels()
+    axes[1].legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left",
+                   bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, fontsize=9)  # fmt: skip
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -612,6 +744,7 @@ def write_report(
     cmc_bits: Sequence[int] = (2048, 128),
     paper: str | Path | None = None,
     dataset: str | None = None,
+    aq_bits: int | None = None,
 ) -> Report:
     """Write the tables and figures of a results store; returns the written paths (and the markdown).
 
@@ -619,6 +752,8 @@ def write_report(
     ``table_map.tex``, ``table_rank1.tex``, ``map_vs_bits.png`` and ``cmc_<bits>.png`` for each length
     of ``cmc_bits`` present in the results (absent ones are skipped). ``paper`` is a CSV of published
     values (``method, bits, map``, optionally ``rank1``): the Markdown tables then compare with it.
+    With ``attribute_queries.csv`` beside the results: ``table_attribute_queries.md`` and
+    ``attribute_queries.png`` at ``aq_bits`` (default: the longest code with attribute-query rows).
     """
     results_path = Path(results_path)
     results_dir = results_path if results_path.is_dir() else results_path.parent
@@ -640,5 +775,12 @@ def write_report(
     for b in dict.fromkeys(int(b) for b in cmc_bits):
         if b in present:
             report[f"cmc_{b}.png"] = plot_cmc(df, results_dir, b, out / f"cmc_{b}.png", dataset=dataset)
+    aq = load_attribute_queries(results_dir, df, dataset)
+    if aq is not None and not aq.empty:
+        md = render_attribute_queries(attribute_query_tables(aq, aq_bits))
+        texts.append(md)
+        (out / "table_attribute_queries.md").write_text(md, encoding="utf-8")
+        report["table_attribute_queries.md"] = out / "table_attribute_queries.md"
+        report["attribute_queries.png"] = plot_attribute_queries(aq, out / "attribute_queries.png", aq_bits)
     report.markdown = "\n".join(texts)
     return report

@@ -4,7 +4,9 @@
 AP and CMC go to ``<out>/cells/<method>-<bits>-<config hash>.npz`` and its CMC curve (ranks 1-50) to
 ``<out>/cmc.csv`` *before* the row is written, so a row always points at complete artifacts and a
 killed run loses at most the cell in progress. ``results.csv`` and ``cmc.csv`` are the citable,
-committed part; the ``cells/`` artifacts hold codes and stay local. A cell
+committed part; the ``cells/`` artifacts hold codes and stay local (with the fitted method beside
+each, ``<stem>.method.pt``). ``attribute_queries.csv`` holds each cell's search-by-description scores
+(one row per number of queried attributes), written before the cell's row. A cell
 is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import logging
 import os
 import platform
 import subprocess
@@ -22,9 +25,16 @@ import numpy as np
 
 from . import __version__
 
+log = logging.getLogger(__name__)
+
 CSV_NAME = "results.csv"
 CMC_NAME = "cmc.csv"
 CMC_KEY = ("dataset", "method", "bits", "config_hash")
+AQ_NAME = "attribute_queries.csv"  # search by description (hashbench.semantic), one row per (cell, n)
+AQ_COLUMNS = (
+    "dataset", "method", "bits", "n_attributes", "draws", "n_queries", "rank1", "rank5", "precision10",
+    "config_hash", "commit", "seed", "date",
+)  # fmt: skip
 
 
 @dataclass
@@ -129,6 +139,51 @@ class ResultStore:
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
         return str(path.relative_to(self.out))
+
+    def method_path(self, artifact: Path) -> Path:
+        """Where the fitted method of a cell goes: beside its artifact, ``<same stem>.method.pt``."""
+        return artifact.with_name(artifact.name[: -len(".npz")] + ".method.pt")
+
+    def save_method(self, artifact: Path, method) -> Path | None:
+        """``torch.save`` the fitted method beside its artifact (atomic); ``None`` if it cannot be pickled."""
+        import torch
+
+        path = self.method_path(artifact)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            torch.save(method, tmp)
+        except Exception as exc:  # a plugin holding something unpicklable must not lose the cell
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "fitted method not saved to %s: %s", path, str(exc).splitlines()[0] if str(exc) else exc
+            )
+            return None
+        os.replace(tmp, path)
+        return path
+
+    def save_attribute_queries(self, rows: list[dict]) -> None:
+        """Write a cell's attribute-query rows to ``attribute_queries.csv``, replacing any earlier rows of
+        the same (dataset, method, bits, config_hash) (a cell killed after this and re-run), atomically."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / AQ_NAME
+        keys = {(str(r["dataset"]), str(r["method"]), str(r["bits"]), str(r["config_hash"])) for r in rows}
+        kept = []
+        if path.exists():
+            with open(path, newline="") as f:
+                kept = [
+                    r
+                    for r in csv.DictReader(f)
+                    if (r.get("dataset"), r.get("method"), r.get("bits"), r.get("config_hash")) not in keys
+                ]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(AQ_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+            writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def append(self, row: ResultRow, cmc: np.ndarray) -> None:
         """Append the cell's CMC curve to ``cmc.csv``, then its row to ``results.csv`` (the commit mark)."""

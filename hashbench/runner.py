@@ -10,6 +10,7 @@ method a :class:`~hashbench.method.View` with exactly the inputs the method decl
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import random
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__, metrics, search
-from .data import Dataset, Splits
+from .data import Dataset, Splits, holdout_splits
 from .errors import HashbenchError
 from .features import FeatureCache, ImageSource, default_cache_dir, digest_of, resolve_device
 from .ide import IDEConfig, adapted_features
@@ -57,6 +58,8 @@ class RunConfig:
     reference: bool = True
     progress: bool = True
     finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
+    holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
+    attribute_queries: bool = True  # search by description per cell (datasets with attributes)
 
 
 @dataclass
@@ -73,6 +76,9 @@ class Prepared:
     device: torch.device
     base_config: dict
     timings: dict
+    name: str = ""  # the dataset column of the rows (``<dataset>-holdout<N>`` for a validation run)
+    source_records: dict | None = None  # the records the trunk cache is computed on (the dataset's)
+    source_index: dict | None = None  # validation run: split -> rows of the dataset's training split
 
 
 def seed_everything(seed: int) -> None:
@@ -94,6 +100,11 @@ def setup(config: RunConfig, registry: Registry) -> Prepared:
     backbone_cls = registry.backbone(config.backbone)
     dataset: Dataset = dataset_cls(config.data_root, **config.dataset_options)
     splits = Splits(dataset.splits())
+    source_records, source_index, name = splits.records, None, dataset.name
+    if config.holdout:  # validation: query/gallery from held-out training ids; the test split is never read
+        splits, source_index = holdout_splits(splits.records["train"], config.holdout, config.seed)
+        source_records = {"train": source_records["train"]}
+        name = f"{dataset.name}-holdout{config.holdout}"
     attributes = dataset.attributes()
     device = resolve_device(config.device)
     cache = FeatureCache(config.cache_dir or default_cache_dir())
@@ -111,18 +122,35 @@ def setup(config: RunConfig, registry: Registry) -> Prepared:
         "ide": asdict(config.ide),
         "seed": config.seed,
     }
-    return Prepared(dataset, splits, attributes, {}, backbone, cut, input_size, device, base, {})
+    if config.holdout:
+        base["holdout"] = {"ids": config.holdout, "seed": config.seed}
+    return Prepared(
+        dataset,
+        splits,
+        attributes,
+        {},
+        backbone,
+        cut,
+        input_size,
+        device,
+        base,
+        {},
+        name,
+        source_records,
+        source_index,
+    )
 
 
 def load_inputs(prep: Prepared, config: RunConfig, need: set[str]) -> None:
     """The heavy part: trunk maps (cached), adapted features if ``need`` has them, attributes."""
     dataset, splits, backbone, cut, device = prep.dataset, prep.splits, prep.backbone, prep.cut, prep.device
     cache = FeatureCache(config.cache_dir or default_cache_dir())
+    source = prep.source_records or splits.records
     maps, info = cache.trunk_maps(
-        dataset, splits.records, backbone, cut, prep.input_size, device, progress=config.progress
+        dataset, source, backbone, cut, prep.input_size, device, progress=config.progress
     )
     timings = {"extract_s": info["extract_s_recorded"]}
-    n_images = sum(len(v) for v in splits.records.values())
+    n_images = sum(len(v) for v in source.values())
     if info["extract_s"]:
         log.info(
             "trunk maps of %d images extracted in %.0f s (%.1f images/s)",
@@ -139,11 +167,15 @@ def load_inputs(prep: Prepared, config: RunConfig, need: set[str]) -> None:
             f" (extraction took {took:.0f} s, {n_images / took:.1f} images/s)" if took else "",
         )
     inputs = prep.inputs
+    ide_key = info["key"]
+    if prep.source_index is not None:  # validation splits are rows of the training split's maps
+        maps = {s: np.ascontiguousarray(maps["train"][rows]) for s, rows in prep.source_index.items()}
+        ide_key = digest_of({"trunk": info["key"], "holdout": prep.base_config["holdout"]})
     inputs["maps"] = maps
     if "features" in need:
         feats, ide_info = adapted_features(
             cache.root,
-            info["key"],
+            ide_key,
             maps,
             splits.arrays["train"].pids,
             backbone,
@@ -213,6 +245,59 @@ def evaluate_codes(prep: Prepared, q_codes: np.ndarray, g_codes: np.ndarray, bac
     return metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids), query_ms
 
 
+def schema_json(schema) -> str:
+    """An attribute schema as JSON (a list of groups: name, values, fields, description), for artifacts."""
+    return json.dumps(
+        [
+            {"name": g.name, "values": list(g.values), "fields": list(g.fields), "description": g.description}
+            for g in schema.groups
+        ]
+    )
+
+
+def cell_arrays(prep: Prepared, train_codes: np.ndarray | None) -> dict[str, np.ndarray]:
+    """What a cell artifact holds beside its evaluation, so that explain/query need only the results dir:
+    packed training codes, pids and cameras of every split, their identity attributes (int16, -1
+    unknown) and the attribute schema (JSON)."""
+    out: dict[str, np.ndarray] = {}
+    if train_codes is not None:
+        out["train_codes"] = search.pack_codes(train_codes)
+    for split in ("train", "query", "gallery"):
+        arrays = prep.splits.arrays[split]
+        out[f"{split}_pids"], out[f"{split}_camids"] = arrays.pids, arrays.camids
+        if prep.attributes is not None:
+            out[f"{split}_attributes"] = prep.attributes.lookup(arrays.pids).astype(np.int16)
+    if prep.attributes is not None:
+        out["schema"] = np.array(schema_json(prep.attributes.schema))
+    return out
+
+
+def run_attribute_queries(
+    prep: Prepared, store: ResultStore, train_codes, gallery_codes, key: dict, prov: dict, tag: str
+) -> None:
+    """Search by description (:mod:`hashbench.semantic`): a decoder fitted on the training codes and
+    attributes, evaluated on the gallery; rows to ``attribute_queries.csv`` (replacing a killed run's)."""
+    from .semantic import AttributeDecoder, evaluate_attribute_queries
+
+    t0 = time.perf_counter()
+    table = prep.attributes
+    decoder = AttributeDecoder(table.schema).fit(train_codes, table.lookup(prep.splits.arrays["train"].pids))
+    gallery_pids = prep.splits.arrays["gallery"].pids
+    df = evaluate_attribute_queries(decoder, gallery_codes, gallery_pids, table, seed=prov["seed"])
+    date = now()
+    store.save_attribute_queries([{**key, **r, **prov, "date": date} for r in df.to_dict("records")])
+    first, last = df.iloc[0], df.iloc[-1]
+    log.info(
+        "%s: attribute queries in %.1f s: rank-1 %.1f with %d attribute(s), %.1f with %d",
+        tag,
+        time.perf_counter() - t0,
+        first.rank1,
+        first.n_attributes,
+        last.rank1,
+        last.n_attributes,
+    )
+
+
 def run(
     config: RunConfig, registry: Registry | None = None, on_row: Callable[[ResultRow], None] | None = None
 ) -> list[ResultRow]:
@@ -231,7 +316,7 @@ def run(
     seed_everything(config.seed)
     commit = git_commit()  # the code that runs is the code at start
     prep = setup(config, registry)
-    name_of = prep.dataset.name
+    name_of = prep.name
 
     # the grid and its config hashes, known before any heavy work: a finished grid costs nothing
     ref_hash = digest_of({**prep.base_config, "method": REFERENCE, "metric": "cosine"})
@@ -256,7 +341,7 @@ def run(
     def emit(method: str, bits: int | None, ev, train_s, encode_s, query_ms, nbytes, chash, artifact) -> None:
         m = ev.to_dict()
         row = ResultRow(
-            dataset=prep.dataset.name,
+            dataset=prep.name,
             method=method,
             bits=bits,
             map=m["map"],
@@ -331,13 +416,26 @@ def run(
         g_codes = check_codes(method.encode(make_view(prep, "gallery", consumes)), len(g.pids), bits, name)
         encode_s = time.perf_counter() - t0
         ev, query_ms = evaluate_codes(prep, q_codes, g_codes, config.search_backend)
+        t_codes = None
+        if prep.attributes is not None:  # the attribute decoder (and explain, query) learn from these
+            t0 = time.perf_counter()
+            n_train = len(prep.splits.arrays["train"].pids)
+            t_codes = check_codes(method.encode(make_view(prep, "train", consumes)), n_train, bits, name)
+            log.info("%s: training split encoded in %.1f s (not in encode_s)", tag, time.perf_counter() - t0)
+        path = store.artifact_path(name, bits, chash)
         art = store.save_artifact(
-            store.artifact_path(name, bits, chash),
+            path,
             ap=ev.ap,
             cmc=ev.cmc,
             query_codes=search.pack_codes(q_codes),
             gallery_codes=search.pack_codes(g_codes),
+            **cell_arrays(prep, t_codes),
         )
+        store.save_method(path, method)
+        if config.attribute_queries and t_codes is not None:
+            key = {"dataset": prep.name, "method": name, "bits": bits}
+            prov = {"config_hash": chash, "commit": commit, "seed": config.seed}
+            run_attribute_queries(prep, store, t_codes, g_codes, key, prov, tag)
         emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art)
         d = ev.to_dict()
         log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", tag, d["map"], d["rank1"], train_s)

@@ -9,10 +9,11 @@ from hashbench.hookspecs import hookimpl
 @hookimpl
 def hashbench_register_methods():
     from .dbh import DBH
+    from .deepssh import DeepSSH
     from .itq import ITQ
     from .ksh import KSH
     from .lsh import LSH
     from .pdh import PDH
     from .sdh import SDH
 
-    return [LSH, ITQ, KSH, SDH, DBH, PDH]
+    return [LSH, ITQ, KSH, SDH, DBH, PDH, DeepSSH]

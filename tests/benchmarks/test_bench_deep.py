@@ -1,7 +1,9 @@
 """One training epoch of each deep method on a fixed synthetic batch of Market-1501-shaped trunk maps.
 
 256 random float16 block-13 maps of shape (96, 16, 8) (a 256 x 128 input), 64 identities x 4 images,
-CPU: 4 SGD steps of 64 images (DBH: shuffled batches; PDH: 16 ids x 4 images). The Market-1501 epoch
+CPU: 4 SGD steps of 64 images (DBH: shuffled batches; PDH, DeepSSH: 16 ids x 4 images; DeepSSH also gets
+random identity-level attribute codes of a Market-shaped schema: 9 binary groups, one of 4 values, two
+colour groups of 8 and 9). The Market-1501 epoch
 (12,936 training maps) costs about 50.5 x the time of one round. Run with
 ``pytest tests/benchmarks --benchmark-only``.
 """
@@ -12,12 +14,18 @@ import numpy as np
 import pytest
 
 from hashbench.backbones.mobilenetv2 import MobileNetV2
+from hashbench.data import AttributeGroup, AttributeSchema
 from hashbench.method import Context, View
 from hashbench_methods.dbh import DBH
+from hashbench_methods.deepssh import DeepSSH
 from hashbench_methods.pdh import PDH
 
 N_IDS, PER_ID, SHAPE, BITS = 64, 4, (96, 16, 8), 2048
 MARKET_TRAIN = 12936
+GROUPS = {**{f"binary{i}": 2 for i in range(9)}, "age": 4, "upper_color": 8, "lower_color": 9}
+SCHEMA = AttributeSchema(
+    tuple(AttributeGroup(n, tuple(f"v{i}" for i in range(k)), (n,)) for n, k in GROUPS.items())
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +33,12 @@ def batch():
     rng = np.random.default_rng(0)
     pids = np.repeat(np.arange(N_IDS), PER_ID)
     maps = (np.abs(rng.standard_normal((len(pids), *SHAPE))) * 0.5).astype(np.float16)
-    view = View("train", pids, np.ones_like(pids), maps=maps)
-    context = Context(device="cpu", backbone=MobileNetV2(weights="none"), extras={"cut": "block13"})
+    per_id = np.stack([rng.integers(-1 if k == 2 else 0, k, N_IDS) for k in GROUPS.values()], 1)
+    attributes = per_id[pids].astype(np.int16)  # identity-level; binary groups a third unknown (-1)
+    view = View("train", pids, np.ones_like(pids), maps=maps, attributes=attributes)
+    context = Context(
+        device="cpu", schema=SCHEMA, backbone=MobileNetV2(weights="none"), extras={"cut": "block13"}
+    )
     return view, context
 
 
@@ -34,6 +46,8 @@ METHODS = {
     "dbh": lambda: DBH(bits=BITS, epochs=1),
     "pdh": lambda: PDH(bits=BITS, epochs=1),
     "pdh-pool": lambda: PDH(bits=BITS, epochs=1, part_mode="pool"),
+    "deepssh": lambda: DeepSSH(bits=BITS, epochs=1),
+    "deepssh-128": lambda: DeepSSH(bits=128, epochs=1),
 }
 
 

@@ -43,8 +43,8 @@ Choices the paper leaves open or that the budget sets (documented hyperparameter
   The whole-image identity network DBH reached 52.82 on the same split at 128 bits: a triplet loss
   alone, a few epochs and short part codes (32 bits a part at 128) are this PDH's weak point (the
   published table has it the other way round at short lengths: PDH 19.59, DBH 4.89 at 128 bits).
-- Found on Market-1501 with weight decay 5e-4 (the earlier default): the test mAP *falls* with the code length (Market-1501,
-  commit 753c50d: 12.37, 10.23, 8.94, 8.10, 7.52 at 128 ... 2048 bits) and the share of active
+- Found with weight decay 5e-4 (the earlier default): the test mAP *falls* with the code length
+  (Market-1501, commit 753c50d: 12.37, 10.23, 8.94, 8.10, 7.52 at 128 ... 2048 bits) and the share of active
   triplets rises during training at long codes (0.65 at 128 bits, 0.98 at 2048 in the last epoch).
   The relaxed units stay near the threshold at long codes: on 512 test-gallery maps, 49 % of the
   2048-bit sigmoids lie within 0.1 of 0.5 (mean ``|pre|`` 0.43), against 25 % at 128 bits (0.83).

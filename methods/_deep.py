@@ -203,6 +203,11 @@ def sq_distances(z: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0.0) / z.shape[1]
 
 
+def normalised(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to norm sqrt(dim): :func:`sq_distances` of them is ``2 - 2 cos``."""
+    return nn.functional.normalize(x, dim=1) * math.sqrt(x.shape[1])
+
+
 def triplet_loss(
     z: torch.Tensor, labels: torch.Tensor, margin: float, mining: str = "hard"
 ) -> tuple[torch.Tensor, float]:

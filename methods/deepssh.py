@@ -112,7 +112,7 @@ from hashbench.data import AttributeSchema
 from hashbench.errors import HashbenchError
 from hashbench.method import Context, View
 
-from ._deep import DeepHashing, HashLayer, triplet_loss
+from ._deep import DeepHashing, HashLayer, normalised, triplet_loss
 
 IDENTITY = "identity"
 
@@ -252,11 +252,6 @@ class SemanticHashHead(nn.Module):
             teacher_logits=self.teacher_classifier(t),
         )
         return out
-
-
-def normalised(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to norm sqrt(dim): :func:`~._deep.sq_distances` of them is ``2 - 2 cos``."""
-    return F.normalize(x, dim=1) * math.sqrt(x.shape[1])
 
 
 def similarity_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

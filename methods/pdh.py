@@ -35,30 +35,41 @@ Choices the paper leaves open or that the budget sets (documented hyperparameter
 - Triplets come from P x K batches (``P=16`` identities x ``K=4`` images), so hard triplets exist in
   every batch. ``mining="all"`` (default) averages the loss over every valid (a, p, n) triplet of the
   batch that violates the margin (batch-all); ``mining="hard"`` keeps, per anchor, its farthest
-  positive and nearest negative (batch-hard, Hermans et al. 2017). Chosen on held-out *training*
-  identities of Market-1501 (``--holdout 151``: 600 identities to train on, 151 held out, never the
-  test split), 128 bits, 3 epochs: batch-all 29.17 mAP, batch-hard 24.68. With batch-hard the relaxed
-  codes nearly collapse (the hardest triplets stay violated: loss about equal to the margin, every
-  triplet active). ``head_lr_mult`` 1 instead of 10 gave 28.04 (batch-all), so it stays at 10.
-  The whole-image identity network DBH reached 52.82 on the same split at 128 bits: a triplet loss
-  alone, a few epochs and short part codes (32 bits a part at 128) are this PDH's weak point (the
-  published table has it the other way round at short lengths: PDH 19.59, DBH 4.89 at 128 bits).
-- Found with weight decay 5e-4 (the earlier default): the test mAP *falls* with the code length
-  (Market-1501, commit 753c50d: 12.37, 10.23, 8.94, 8.10, 7.52 at 128 ... 2048 bits) and the share of active
-  triplets rises during training at long codes (0.65 at 128 bits, 0.98 at 2048 in the last epoch).
-  The relaxed units stay near the threshold at long codes: on 512 test-gallery maps, 49 % of the
-  2048-bit sigmoids lie within 0.1 of 0.5 (mean ``|pre|`` 0.43), against 25 % at 128 bits (0.83).
-  Held out (``--holdout 151``, 512 bits, 3 epochs): defaults 25.38 mAP; ``head_lr_mult=1`` 27.69;
-  a quantisation term ``w * mean((|2s - 1| - 1)^2)`` hurt (w = 0.1: 23.06, w = 0.5: 15.04, not kept);
-  ``bn=False`` 19.71; ``weight_decay=0`` **32.84** (active triplets fall to 0.59 in the last epoch
-  instead of rising to 0.91). Hence ``weight_decay=0`` (default since): the triplet gradient of each
-  bit is divided by the part's length, so at long codes the decay of the BatchNorm-ed hash layers
-  outweighs it and the units drift to the threshold.
+  positive and nearest negative (batch-hard, Hermans et al. 2017).
+- ``scale_head_lr=True``: the hash branches learn at ``head_lr_mult x lr x (part bits / 32)``. With
+  the distance divided by the part length, each unit's (and each hash-layer row's, and each BatchNorm
+  scale's) triplet gradient is ``1 / part length`` while the top's gradient, summed over the units,
+  is not: without the scaling the branches of long codes barely move, their units stay near the
+  threshold and thresholding discards what the top learned, so mAP *fell* with the code length. With
+  it a unit's step is the same at every length (32 bits a part, i.e. 128 bits, is the reference): the
+  share of active triplets per epoch at 2048 bits became that of 128 bits to the third decimal.
+- ``feature_weight=1``: beside the paper's triplet on the relaxed part codes, a batch-hard triplet
+  (``feature_margin=0.3``, distance ``2 - 2 cos``) on each part's pooled top features, before the hash
+  layer, mean over parts. Same supervision (relative comparisons only, no identity classifier), but
+  the top is trained through its 1,280-d features instead of only through ``bits / 4`` relaxed units:
+  at 128 bits a part has 32. ``feature_weight=0`` is the paper's loss alone.
+- ``epochs=6``, ``lr=0.1`` (head 10 x), no weight decay: see the tuning record below.
 - ``bn=True``: each hash layer's pre-activation is batch-normalised (balanced bits from the start).
 - ``n_parts=1`` gives the whole-image triplet network (the paper's whole-image baseline); other values
   cut ``n_parts`` equal, non-overlapping strips.
-- Optimisation as the IDE stage: SGD with Nesterov momentum, ``lr=0.05``, no weight decay (see above),
-  half an epoch of warm-up then cosine decay, horizontal flips; ``epochs=3`` for the cost budget.
+- Optimisation otherwise as the IDE stage: SGD with Nesterov momentum, half an epoch of warm-up then
+  cosine decay, horizontal flips.
+
+Tuning record (held-out *training* identities of Market-1501, ``--holdout 151``: 600 identities to
+train on, 151 held out as query / gallery, never the test split; seed 0; mAP %)
+--------------------------------------------------------------------------------------------------------
+- Earlier (3 epochs, ``lr=0.05``, weight decay 5e-4): batch-all 29.17 against batch-hard 24.68 at 128
+  bits (batch-hard nearly collapses the relaxed codes); ``head_lr_mult`` 1: 28.04. At 512 bits:
+  25.38; a quantisation term ``w * mean((|2s - 1| - 1)^2)`` hurt (w = 0.1: 23.06, w = 0.5: 15.04);
+  ``bn=False`` 19.71; ``weight_decay=0`` 32.84, kept. On the test split that version gave 16.28,
+  16.71, 16.24, 15.71, 15.47 at 128 ... 2048 bits (commit 4d110a3): flat, below the paper.
+- Then, all with 3 epochs unless said: paper loss, ``lr=0.05``: 33.76 at 128 bits, 31.57 at 2048 (the
+  length problem, seen on validation too). ``scale_head_lr``: 38.03 at 2048. ``feature_weight=1``:
+  39.38 at 128 (2: 39.22); both: 44.67 at 2048. With both, ``lr=0.1``: 42.44 at 128; ``margin=0.2``:
+  33.52 (kept 0.1). ``epochs=6`` (paper loss): 41.32 at 128 against 33.76. ``part_mode="pool"``:
+  32.33 against 33.76 at 128, for two thirds of the training time (kept ``crop``).
+- The defaults (all of the kept changes: ``scale_head_lr``, ``feature_weight=1``, ``lr=0.1``, 6 epochs):
+  53.46 at 2048 bits (rank-1 67.29; 516 s of training on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -69,7 +80,7 @@ from torch import nn
 from hashbench.errors import HashbenchError
 from hashbench.method import Context, View
 
-from ._deep import DeepHashing, HashLayer, split_bits, triplet_loss
+from ._deep import DeepHashing, HashLayer, normalised, split_bits, triplet_loss
 
 # the authors' strips of a 128-row image, rows 1-48, 33-80, 49-96, 81-128, as fractions of the height
 PAPER_STRIPS = ((0 / 128, 48 / 128), (32 / 128, 80 / 128), (48 / 128, 96 / 128), (80 / 128, 128 / 128))
@@ -93,7 +104,7 @@ class PartHashHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         pres = [branch(pooled[:, j]) for j, branch in enumerate(self.branches)]
         pre = torch.cat(pres, dim=1)
-        return {"pre": pre, "relaxed": torch.sigmoid(pre)}
+        return {"pre": pre, "relaxed": torch.sigmoid(pre), "feat": pooled}
 
 
 class PDH(DeepHashing):
@@ -104,8 +115,8 @@ class PDH(DeepHashing):
         self,
         bits: int,
         seed: int = 0,
-        epochs: int = 3,
-        lr: float = 0.05,
+        epochs: int = 6,
+        lr: float = 0.1,
         head_lr_mult: float = 10.0,
         P: int = 16,
         K: int = 4,
@@ -118,6 +129,9 @@ class PDH(DeepHashing):
         warmup_epochs: float = 0.5,
         flip: bool = True,
         finetune: str = "top",
+        scale_head_lr: bool = True,
+        feature_weight: float = 1.0,
+        feature_margin: float = 0.3,
     ) -> None:
         super().__init__(
             bits,
@@ -146,6 +160,11 @@ class PDH(DeepHashing):
         self.bn = bool(bn)
         self.regions = strips(self.n_parts)
         self.region_mode = part_mode
+        if feature_weight < 0:
+            raise HashbenchError(f"pdh.feature_weight={feature_weight}: expected >= 0")
+        self.scale_head_lr = bool(scale_head_lr)
+        self.feature_weight = float(feature_weight)
+        self.feature_margin = float(feature_margin)
 
     @property
     def part_bits(self) -> list[int]:
@@ -162,6 +181,12 @@ class PDH(DeepHashing):
     def build_head(self, channels: int, n_ids: int, train: View, context: Context) -> nn.Module:
         return PartHashHead(channels, self.part_bits, self.bn)
 
+    def head_param_groups(self, head: nn.Module) -> list[dict]:
+        lr = self.lr * self.head_lr_mult
+        if self.scale_head_lr:  # each unit's triplet gradient is 1 / part length: the same step at any length
+            lr *= max(self.part_bits) / 32
+        return [{"params": list(head.parameters()), "lr": lr}]
+
     def loss(self, out, targets):
         relaxed, y = out["relaxed"], targets["ids"]
         losses, active = [], []
@@ -169,4 +194,15 @@ class PDH(DeepHashing):
             loss, frac = triplet_loss(relaxed[:, part], y, self.margin, self.mining)
             losses.append(loss)
             active.append(frac)
-        return torch.stack(losses).mean(), {"active": sum(active) / len(active)}
+        total = torch.stack(losses).mean()
+        stats = {"active": sum(active) / len(active)}
+        if self.feature_weight:
+            feat = out["feat"]
+            f_losses = [
+                triplet_loss(normalised(feat[:, j]), y, self.feature_margin, "hard")[0]
+                for j in range(feat.shape[1])
+            ]
+            f_loss = torch.stack(f_losses).mean()
+            stats["feat"] = float(f_loss.detach())
+            total = total + self.feature_weight * f_loss
+        return total, stats

@@ -12,7 +12,7 @@ from hashbench.errors import HashbenchError
 from hashbench.features import ImageSource
 from hashbench.method import View, check_codes
 from hashbench.runner import RunConfig, make_method
-from hashbench_methods._deep import pk_batches, region_rows, split_bits, triplet_loss
+from hashbench_methods._deep import normalised, pk_batches, region_rows, split_bits, triplet_loss
 from hashbench_methods.dbh import DBH
 from hashbench_methods.pdh import PAPER_STRIPS, PDH
 
@@ -79,6 +79,37 @@ def test_hyperparameters_and_finetune_injection():
         PDH(bits=128, K=1)
     method = make_method(PDH, 256, RunConfig(finetune="full", method_params={"pdh": {"epochs": 1}}))
     assert method.finetune == "full" and method.epochs == 1 and method.get_params()["finetune"] == "full"
+
+
+def test_pdh_head_step_scales_with_the_part_length():
+    """Each unit's triplet gradient is 1 / part length: ``scale_head_lr`` gives the hash branches a step
+    that grows with it, so their per-unit dynamics are the same at every code length."""
+
+    def head_lrs(bits, **hp):
+        method = PDH(bits=bits, **hp)
+        head = method.build_head(16, 10, None, None)
+        return [g["lr"] for g in method.head_param_groups(head)]
+
+    base = PDH(bits=128).lr * PDH(bits=128).head_lr_mult
+    assert head_lrs(128, scale_head_lr=True) == [pytest.approx(base)]  # 32 bits a part: the reference
+    assert head_lrs(2048, scale_head_lr=True) == [pytest.approx(16 * base)]  # 512 bits a part
+    assert head_lrs(2048, scale_head_lr=False) == [pytest.approx(base)]
+    with pytest.raises(HashbenchError, match="feature_weight"):
+        PDH(bits=128, feature_weight=-1)
+
+
+def test_pdh_feature_triplet_is_per_part_and_optional():
+    torch.manual_seed(0)
+    y = torch.arange(4).repeat_interleave(4)
+    pooled = torch.randn(16, 4, 8)
+    head = PDH(bits=64).build_head(8, 4, None, None)
+    out = head(pooled)
+    assert out["feat"] is pooled
+    with_feat, stats = PDH(bits=64, feature_weight=1.0).loss(out, {"ids": y})
+    without, stats0 = PDH(bits=64, feature_weight=0.0).loss(out, {"ids": y})
+    assert "feat" in stats and "feat" not in stats0
+    parts = [triplet_loss(normalised(pooled[:, j]), y, 0.3, "hard")[0] for j in range(4)]
+    assert with_feat.item() == pytest.approx(without.item() + torch.stack(parts).mean().item(), rel=1e-5)
 
 
 # -- training on the synthetic set ---------------------------------------------------------------------

@@ -310,22 +310,33 @@ def plot_explanation(ex: Explanation, path: Path) -> Path:
     return _save(fig, path)
 
 
-def markdown(explanations: Sequence[Explanation]) -> str:
-    """One table per code length: methods × groups accuracy (%), then the majority and chance rows."""
+def markdown(rows: Sequence[dict]) -> str:
+    """One table per code length: methods × groups accuracy (%), then the majority and chance rows.
+
+    ``rows`` are ``explain.csv`` rows (:meth:`Explanation.rows`, or read back from the file)."""
     from tabulate import tabulate
 
+    def pct(value: str, star: bool = False) -> str:
+        if value in ("", None):
+            return "–"
+        text = f"{100 * float(value):.1f}"
+        return f"*{text}*" if star else text
+
     parts = []
-    for bits in sorted({e.bits for e in explanations}):
-        at = [e for e in explanations if e.bits == bits]
-        groups = at[0].groups
-        rows = [[e.method, *(f"{100 * a:.1f}" if np.isfinite(a) else "–" for a in e.accuracy)] for e in at]
-        base = at[0]
-        rows.append(["*majority*", *(f"*{100 * a:.1f}*" if np.isfinite(a) else "–" for a in base.majority)])
-        rows.append(["*chance*", *(f"*{100 * a:.1f}*" for a in base.chance)])
-        dataset = at[0].dataset
+    for bits in sorted({int(r["bits"]) for r in rows}):
+        at = [r for r in rows if int(r["bits"]) == bits]
+        methods = list(dict.fromkeys(r["method"] for r in at))
+        groups = list(dict.fromkeys(r["group"] for r in at))
+        cell = {(r["method"], r["group"]): r for r in at}
+        table = [
+            [m, *(pct(cell[m, g]["accuracy"]) if (m, g) in cell else "–" for g in groups)] for m in methods
+        ]
+        base = {g: next(r for r in at if r["group"] == g) for g in groups}
+        table.append(["*majority*", *(pct(base[g]["majority"], star=True) for g in groups)])
+        table.append(["*chance*", *(pct(base[g]["chance"], star=True) for g in groups)])
         parts.append(
-            f"### Attribute prediction from {bits}-bit codes ({dataset})\n\n"
-            + tabulate(rows, headers=["Method", *groups], tablefmt="github", disable_numparse=True)
+            f"### Attribute prediction from {bits}-bit codes ({at[0]['dataset']})\n\n"
+            + tabulate(table, headers=["Method", *groups], tablefmt="github", disable_numparse=True)
             + "\n\nAccuracy (%) of predicting each attribute group from the code (decoder fitted on the "
             "training codes), on the gallery images of test identities with a known value; *majority*: "
             "always the most frequent training value; *chance*: 1 / number of values.\n"
@@ -357,6 +368,17 @@ def select_cells(
     return sorted(chosen, key=lambda c: (order[c[0]], c[1]))
 
 
+def _read_explain(path: Path) -> list[dict]:
+    """Rows of an existing ``explain.csv`` (none when absent or of another column layout)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+            return []
+        return list(reader)
+
+
 def write_explain(
     results_dir: str | Path,
     methods: Sequence[str] | None = None,
@@ -384,12 +406,23 @@ def write_explain(
         explanations.append(ex)
         written[f"png:{method}:{b}"] = plot_explanation(ex, out / f"explain_{method}_{b}.png")
         log.info("explained %s @ %d bits", method, b)
+    # rows of other cells already in explain.csv are kept (re-explaining one method keeps the others),
+    # except cells that are no longer in results.csv
+    new_rows = [row for ex in explanations for row in ex.rows()]
+    done = {(ex.method, ex.bits) for ex in explanations}
+    known = list(hash_rows(rows))  # in results.csv order
+    kept = [
+        r
+        for r in _read_explain(out / "explain.csv")
+        if (r["method"], int(r["bits"])) not in done and (r["method"], int(r["bits"])) in known
+    ]
+    order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in known))}  # select_cells' order
+    merged = sorted(kept + new_rows, key=lambda r: (order.get(r["method"], len(order)), int(r["bits"])))
     with open(out / "explain.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        for ex in explanations:
-            writer.writerows(ex.rows())
+        writer.writerows(merged)
     written["csv"] = out / "explain.csv"
-    (out / "explain.md").write_text(markdown(explanations))
+    (out / "explain.md").write_text(markdown(merged))
     written["md"] = out / "explain.md"
     return explanations, written

@@ -133,6 +133,11 @@ def test_explain_writes_csv_markdown_and_a_figure_per_cell(finished, capsys):
             assert png.is_file() and png.stat().st_size > 10_000
     md = (res / "explain.md").read_text()
     assert "16-bit codes" in md and "64-bit codes" in md
+    # re-explaining one method in place keeps the other method's rows (and its lines in the tables)
+    code, _, _ = cli(capsys, "explain", res, "--methods", "itq")
+    again = list(csv.DictReader(open(res / "explain.csv")))
+    assert code == 0 and again == rows
+    assert (res / "explain.md").read_text() == md
     # one cell, elsewhere
     code, _, _ = cli(capsys, "explain", res, "--methods", "itq", "--bits", "64", "--out", finished / "ex")
     assert code == 0 and len(list(csv.DictReader(open(finished / "ex" / "explain.csv")))) == GROUPS

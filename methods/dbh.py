@@ -22,7 +22,7 @@ thresholding the relaxation, as in the paper.
 
 Why this formulation and not the PDH paper's whole-image triplet network (12.4 mAP at 512 bits there):
 the issue asks for Lin et al.'s identity supervision; the triplet variant is available as
-``pdh`` with ``n_parts=1`` (one strip = the whole image).
+``pdh`` with ``n_parts=1`` (one strip = the whole image; ``feature_weight=0`` for the code triplet alone).
 
 Choices beyond the paper (documented hyperparameters)
 -----------------------------------------------------

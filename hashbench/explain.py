@@ -410,11 +410,11 @@ def write_explain(
     # except cells that are no longer in results.csv
     new_rows = [row for ex in explanations for row in ex.rows()]
     done = {(ex.method, ex.bits) for ex in explanations}
-    known = list(hash_rows(rows))  # in results.csv order
+    known = hash_rows(rows)  # (method, bits) -> row, in results.csv order
     kept = [
         r
         for r in _read_explain(out / "explain.csv")
-        if (r["method"], int(r["bits"])) not in done and (r["method"], int(r["bits"])) in known
+        if (key := (r["method"], int(r["bits"]))) not in done and key in known
     ]
     order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in known))}  # select_cells' order
     merged = sorted(kept + new_rows, key=lambda r: (order.get(r["method"], len(order)), int(r["bits"])))

@@ -188,10 +188,11 @@ class PDH(DeepHashing):
         return PartHashHead(channels, self.part_bits, self.bn)
 
     def head_param_groups(self, head: nn.Module) -> list[dict]:
-        lr = self.lr * self.head_lr_mult
+        groups = super().head_param_groups(head)
         if self.scale_head_lr:  # each unit's triplet gradient is 1 / part length: the same step at any length
-            lr *= max(self.part_bits) / 32
-        return [{"params": list(head.parameters()), "lr": lr}]
+            for group in groups:
+                group["lr"] *= max(self.part_bits) / 32
+        return groups
 
     def loss(self, out, targets):
         relaxed, y = out["relaxed"], targets["ids"]

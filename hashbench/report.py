@@ -738,6 +738,67 @@ class Report(dict):
     markdown: str = ""
 
 
+# ------------------------------------------------------------------------------------------------ costs
+def cost_table(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """What each method costs, from the latest row of each cell: one row per method (float references
+    last) with its cells, train seconds per cell, wall minutes of all its cells (``cell_s``: fit,
+    encoding, evaluation, attribute queries), encode ms per image, query ms against the whole gallery
+    and bytes per code, at the shortest and longest code. A last row sums the wall minutes."""
+    latest = select_latest(df, dataset)
+    methods = method_order(latest["method"].unique())
+    refs = [m for m in methods if latest.loc[latest["method"] == m, "bits"].isna().all()]
+    rows = []
+
+    def span(values: pd.Series, fmt: str) -> str:
+        values = pd.to_numeric(values, errors="coerce")
+        if values.isna().all():
+            return "–"
+        lo, hi = values.iloc[0], values.iloc[-1]
+        return (
+            fmt.format(lo)
+            if len(values) == 1 or fmt.format(lo) == fmt.format(hi)
+            else (f"{fmt.format(lo)} – {fmt.format(hi)}")
+        )
+
+    total, all_known = 0.0, True
+    for m in [m for m in methods if m not in refs] + refs:
+        cells = latest[latest["method"] == m].sort_values("bits")
+        wall = pd.to_numeric(cells.get("cell_s", pd.Series(dtype=float)), errors="coerce")
+        known = wall.notna().all() and len(wall) > 0
+        total += float(wall.sum()) if known else 0.0
+        all_known &= bool(known)
+        bits = cells["bits"].dropna()
+        rows.append(
+            {
+                "method": f"*{m}*" if m in refs else m,
+                "bits": "float" if bits.empty else span(bits.astype(float), "{:.0f}"),
+                "train s / cell": span(cells["train_s"], "{:.1f}"),
+                "wall min (all cells)": f"{wall.sum() / 60:.1f}" if known else "–",
+                "encode ms / image": span(cells["encode_ms_per_image"], "{:.3f}"),
+                "query ms": span(cells["query_ms"], "{:.3f}"),
+                "bytes / code": span(cells["bytes_per_code"], "{:.0f}"),
+            }
+        )
+    rows.append({"method": "**all**", "wall min (all cells)": f"**{total / 60:.1f}**" if all_known else "–"})
+    return pd.DataFrame(rows).fillna("")
+
+
+def render_costs(table: pd.DataFrame) -> str:
+    """The :func:`cost_table` as Markdown, with what each column measures."""
+    body = tabulate(
+        table.values.tolist(), headers=list(table.columns), tablefmt="github", disable_numparse=True
+    )
+    return (
+        "Costs per method (shortest – longest code; latest row of each cell)\n\n"
+        + body
+        + "\n\n*train s / cell*: fitting one cell (for the float reference: the IDE stage, shared by every"
+        " shallow method's features); *wall min*: all the method's cells end to end (fitting, encoding"
+        " query and gallery and the training split, evaluation, search by description, saving), features"
+        " already cached; *encode ms / image*: query and gallery; *query ms*: one query against the whole"
+        " gallery (distances and ranking); *bytes / code*: storage of one gallery item.\n"
+    )
+
+
 def write_report(
     results_path: str | Path,
     out_dir: str | Path | None = None,
@@ -749,7 +810,7 @@ def write_report(
     """Write the tables and figures of a results store; returns the written paths (and the markdown).
 
     Files, in ``out_dir`` (default: the results directory): ``table_map.md``, ``table_rank1.md``,
-    ``table_map.tex``, ``table_rank1.tex``, ``map_vs_bits.png`` and ``cmc_<bits>.png`` for each length
+    ``table_map.tex``, ``table_rank1.tex``, ``table_cost.md`` (:func:`cost_table`), ``map_vs_bits.png`` and ``cmc_<bits>.png`` for each length
     of ``cmc_bits`` present in the results (absent ones are skipped). ``paper`` is a CSV of published
     values (``method, bits, map``, optionally ``rank1``): the Markdown tables then compare with it.
     With ``attribute_queries.csv`` beside the results: ``table_attribute_queries.md`` and
@@ -770,6 +831,10 @@ def write_report(
         for name, text in ((f"table_{metric}.md", md), (f"table_{metric}.tex", render(table, "latex"))):
             (out / name).write_text(text, encoding="utf-8")
             report[name] = out / name
+    md = render_costs(cost_table(df, dataset))
+    texts.append(md)
+    (out / "table_cost.md").write_text(md, encoding="utf-8")
+    report["table_cost.md"] = out / "table_cost.md"
     report["map_vs_bits.png"] = plot_map_vs_bits(df, out / "map_vs_bits.png", dataset)
     present = set(int(b) for b in select_latest(df, dataset)["bits"].dropna())
     for b in dict.fromkeys(int(b) for b in cmc_bits):

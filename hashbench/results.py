@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .errors import HashbenchError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ResultRow:
     encode_s: float
     encode_ms_per_image: float
     query_ms: float  # per query, against the whole gallery (distances + ranking)
+    cell_s: float  # wall seconds of the whole cell: fit, encoding, evaluation, attribute queries, saving
     bytes_per_code: int
     n_train: int
     n_query: int
@@ -121,7 +123,9 @@ class ResultStore:
         if not self.csv.exists():
             return []
         with open(self.csv, newline="") as f:
-            return list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            _check_header(self.csv, list(reader.fieldnames or []), ResultRow.columns())
+            return list(reader)
 
     def finished(self, dataset: str, method: str, bits: int | None, config_hash: str) -> dict | None:
         want = (dataset, method, "" if bits is None else str(bits), config_hash)
@@ -200,8 +204,40 @@ class ResultStore:
         _append_csv(self.csv, ResultRow.columns(), {**values, "bits": bits})
 
 
+def _check_header(path: Path, header: list[str], columns: list[str]) -> None:
+    """A stored CSV must hold the key columns and no column this version does not write (an older
+    version's file, missing only later columns, is fine: :func:`_append_csv` extends it)."""
+    unknown = [c for c in header if c not in columns]
+    if unknown:
+        raise HashbenchError(
+            f"{path}: column(s) {', '.join(unknown)} not written by hashbench {__version__}; write to another --out"
+        )
+    missing = [c for c in ("dataset", "method", "bits", "config_hash") if c in columns and c not in header]
+    if header and missing:
+        raise HashbenchError(f"{path}: missing column(s) {', '.join(missing)}; write to another --out")
+
+
 def _append_csv(path: Path, columns: list[str], row: dict) -> None:
+    """Append ``row``; a file written by an older version (its header a subset of ``columns``) is first
+    rewritten, atomically, under the new header (the new columns empty in its rows)."""
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            if header != columns:
+                _check_header(path, header, columns)
+                old_rows = list(reader)
+        if header != columns:
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns, restval="")
+                writer.writeheader()
+                writer.writerows(old_rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            log.info("%s: added column(s) %s", path, ", ".join(c for c in columns if c not in header))
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         if new:

@@ -302,6 +302,7 @@ def run(
     config: RunConfig, registry: Registry | None = None, on_row: Callable[[ResultRow], None] | None = None
 ) -> list[ResultRow]:
     """Run the grid; returns the rows computed by this call (cells finished earlier are skipped)."""
+    t_run = time.perf_counter()
     registry = registry or Registry.load()
     methods = list(config.methods)
     for name in methods:
@@ -338,7 +339,9 @@ def run(
     counts = {s: len(prep.splits.records[s]) for s in ("train", "query", "gallery")}
     rows: list[ResultRow] = []
 
-    def emit(method: str, bits: int | None, ev, train_s, encode_s, query_ms, nbytes, chash, artifact) -> None:
+    def emit(
+        method: str, bits: int | None, ev, train_s, encode_s, query_ms, nbytes, chash, artifact, t_cell
+    ) -> None:
         m = ev.to_dict()
         row = ResultRow(
             dataset=prep.name,
@@ -353,6 +356,7 @@ def run(
             encode_s=encode_s,
             encode_ms_per_image=1000 * encode_s / (counts["query"] + counts["gallery"]),
             query_ms=query_ms,
+            cell_s=time.perf_counter() - t_cell,
             bytes_per_code=nbytes,
             n_train=counts["train"],
             n_query=counts["query"],
@@ -375,7 +379,7 @@ def run(
     q, g = prep.splits.arrays["query"], prep.splits.arrays["gallery"]
     if do_reference:
         fq, fg = prep.inputs["features"]["query"], prep.inputs["features"]["gallery"]
-        t0 = time.perf_counter()
+        t_cell = t0 = time.perf_counter()
         ranking = search.float_rank(fq, fg, metric="cosine")
         query_ms = (time.perf_counter() - t0) * 1000 / len(fq)
         ev = metrics.evaluate_rankings(ranking, q.pids, q.camids, g.pids, g.camids)
@@ -390,6 +394,7 @@ def run(
             fq.shape[1] * 4,
             ref_hash,
             art,
+            t_cell,
         )
         log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
 
@@ -401,6 +406,7 @@ def run(
             continue
         log.info("%s: training", tag)
         seed_everything(config.seed)
+        t_cell = time.perf_counter()
         context = Context(
             device=str(prep.device),
             schema=prep.attributes.schema if prep.attributes else None,
@@ -436,7 +442,22 @@ def run(
             key = {"dataset": prep.name, "method": name, "bits": bits}
             prov = {"config_hash": chash, "commit": commit, "seed": config.seed}
             run_attribute_queries(prep, store, t_codes, g_codes, key, prov, tag)
-        emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art)
+        emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art, t_cell)
         d = ev.to_dict()
         log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", tag, d["map"], d["rank1"], train_s)
+    log.info("%s", wall_summary(rows, time.perf_counter() - t_run))
     return rows
+
+
+def wall_summary(rows: Sequence[ResultRow], total_s: float) -> str:
+    """Where a run's wall time went: its cells' wall seconds per method, and the rest (setup, reading or
+    computing the features, the IDE stage)."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        per.setdefault(r.method, []).append(r.cell_s)
+    cells = sum(sum(v) for v in per.values())
+    parts = ", ".join(f"{m} {sum(v) / 60:.1f} min ({len(v)})" for m, v in per.items())
+    return (
+        f"wall time {total_s / 60:.1f} min: {len(rows)} cells {cells / 60:.1f} min [{parts}], "
+        f"setup and features {(total_s - cells) / 60:.1f} min"
+    )

@@ -14,6 +14,7 @@ from hashbench.errors import HashbenchError
 from hashbench.report import (
     PROTOCOL,
     cmc_curves,
+    cost_table,
     load_paper,
     load_results,
     paper_tables,
@@ -322,6 +323,7 @@ def test_write_report_default_dir(store: Path) -> None:
         "table_rank1.md",
         "table_map.tex",
         "table_rank1.tex",
+        "table_cost.md",
         "map_vs_bits.png",
         "cmc_2048.png",
         "cmc_128.png",
@@ -333,6 +335,41 @@ def test_write_report_default_dir(store: Path) -> None:
     assert "Rank-1" in report.markdown and "mAP" in report.markdown
     assert report.markdown.count(PROTOCOL) == 2
     assert_png(report["cmc_128.png"])
+
+
+def test_cost_table_sums_each_methods_cells(tmp_path: Path) -> None:
+    def row(method, bits, train_s, cell_s, enc, q, nbytes):
+        m = 30.0
+        return dict(method=method, bits=bits, map=m, rank1=m, date="2025-05-02T09:00:00", train_s=train_s,
+                    cell_s=cell_s, encode_ms_per_image=enc, query_ms=q, bytes_per_code=nbytes)  # fmt: skip
+
+    rows = [
+        row("DBH", 2048, 200.0, 260.0, 1.5, 0.3, 256),
+        row("DBH", 128, 100.0, 130.0, 1.25, 0.1, 16),
+        row("ide-float", None, 500.0, 2.0, 6.0, 1.0, 5120),
+        row("lsh", 128, 0.02, 1.0, 0.02, 0.1, 16),
+    ]
+    global COLUMNS
+    saved, COLUMNS = COLUMNS, [*COLUMNS, "cell_s"]
+    try:
+        store = write_store(tmp_path / "c", rows)
+    finally:
+        COLUMNS = saved
+    table = cost_table(load_results(store)).set_index("method")
+    assert list(table.index) == ["DBH", "lsh", "*ide-float*", "**all**"]
+    assert table.loc["DBH", "bits"] == "128 – 2048"
+    assert table.loc["DBH", "train s / cell"] == "100.0 – 200.0"  # shortest code first
+    assert table.loc["DBH", "wall min (all cells)"] == "6.5"  # (130 + 260) / 60
+    assert table.loc["DBH", "encode ms / image"] == "1.250 – 1.500"
+    assert table.loc["lsh", "bytes / code"] == "16"
+    assert table.loc["*ide-float*", "bits"] == "float"
+    assert table.loc["**all**", "wall min (all cells)"] == f"**{(130 + 260 + 2 + 1) / 60:.1f}**"
+    # rows of a version without cell_s: the wall time is unknown, not zero
+    table = cost_table(load_results(write_store(tmp_path / "d", rows))).set_index("method")
+    assert (
+        table.loc["DBH", "wall min (all cells)"] == "–"
+        and table.loc["**all**", "wall min (all cells)"] == "–"
+    )
 
 
 def test_write_report_out_dir_and_paper(store: Path, tmp_path: Path) -> None:

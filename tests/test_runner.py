@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hashbench.cli import main
+from hashbench.errors import HashbenchError
 from hashbench.hookspecs import hookimpl
 from hashbench.ide import IDEConfig
 from hashbench.method import HashMethod
@@ -66,10 +67,57 @@ def test_grid_writes_one_row_per_cell_with_provenance(finished):
         assert row["commit"] and row["config_hash"] and row["date"] and row["device"].startswith("cpu")
         art = np.load(tmp / "res" / row["artifact"])
         assert art["cmc"].shape == (50,) and np.all(np.diff(art["cmc"]) >= 0)
+    for row, computed in zip(stored, rows, strict=True):
+        assert float(row["cell_s"]) == pytest.approx(computed.cell_s, abs=1e-4) and computed.cell_s > 0
+        if row["bits"]:  # a cell's wall time covers its fit and encoding (the reference's train_s: IDE stage)
+            assert float(row["cell_s"]) >= float(row["train_s"]) + float(row["encode_s"]) > 0
     lsh16 = next(r for r in stored if r["method"] == "lsh" and r["bits"] == "16")
     assert lsh16["bytes_per_code"] == "2"
     codes = np.load(tmp / "res" / lsh16["artifact"])["gallery_codes"]
     assert codes.shape == (int(lsh16["n_gallery"]), 2) and codes.dtype == np.uint8
+
+
+def test_wall_summary_says_where_the_time_went(finished):
+    from hashbench.runner import wall_summary
+
+    _, rows = finished
+    text = wall_summary(rows, 600.0)
+    cells = sum(r.cell_s for r in rows)
+    assert text.startswith("wall time 10.0 min: 5 cells")
+    assert f"itq {sum(r.cell_s for r in rows if r.method == 'itq') / 60:.1f} min (2)" in text
+    assert f"setup and features {(600 - cells) / 60:.1f} min" in text
+
+
+def test_rows_of_an_older_version_are_kept_under_the_new_header(finished, tmp_path):
+    """A results.csv written before a column existed: the next row rewrites it under the new header, its
+    rows intact (the new column empty); a column this version does not write is refused, file untouched."""
+    tmp, _ = finished
+    rows = read_rows(tmp / "res")
+    old_cols = [c for c in ResultRow.columns() if c != "cell_s"]
+    out = tmp_path / "old"
+    out.mkdir()
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows[:3])
+    config = tiny_config(tmp, out=out)
+    redone = run(config)  # the three stored cells are finished; the other two run
+    assert [(r.method, r.bits) for r in redone] == [("itq", 16), ("itq", 32)]
+    stored = read_rows(out)
+    assert list(stored[0]) == ResultRow.columns() and len(stored) == 5
+    assert [r["cell_s"] for r in stored[:3]] == ["", "", ""]
+    assert [{k: r[k] for k in old_cols} for r in stored[:3]] == [
+        {k: r[k] for k in old_cols} for r in rows[:3]
+    ]
+    assert all(float(r["cell_s"]) > 0 for r in stored[3:])
+
+    alien = tmp_path / "alien"
+    alien.mkdir()
+    text = "dataset,method,bits,colour\nsynthetic,x,16,red\n"
+    (alien / "results.csv").write_text(text)
+    with pytest.raises(HashbenchError, match=r"results.csv: column\(s\) colour not written by hashbench"):
+        run(tiny_config(tmp, out=alien, methods=["lsh"], bits=[16]))
+    assert (alien / "results.csv").read_text() == text
 
 
 def test_hashing_is_above_chance_and_below_perfect(finished):

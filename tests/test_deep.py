@@ -12,7 +12,14 @@ from hashbench.errors import HashbenchError
 from hashbench.features import ImageSource
 from hashbench.method import View, check_codes
 from hashbench.runner import RunConfig, make_method
-from hashbench_methods._deep import normalised, pk_batches, region_rows, split_bits, triplet_loss
+from hashbench_methods._deep import (
+    inference_copy,
+    normalised,
+    pk_batches,
+    region_rows,
+    split_bits,
+    triplet_loss,
+)
 from hashbench_methods.dbh import DBH
 from hashbench_methods.pdh import PAPER_STRIPS, PDH
 
@@ -120,7 +127,9 @@ def dbh64(synthetic_bench):
 
 @pytest.fixture(scope="module")
 def pdh64(synthetic_bench):
-    return PDH(bits=64, epochs=3).fit(synthetic_bench.view("train", MAPS), synthetic_bench.context())
+    return PDH(bits=64, epochs=3, part_mode="crop").fit(
+        synthetic_bench.view("train", MAPS), synthetic_bench.context()
+    )
 
 
 @pytest.mark.parametrize("name", ["dbh64", "pdh64"])
@@ -132,6 +141,22 @@ def test_training_lowers_the_loss_and_codes_retrieve(name, request, synthetic_be
     codes = check_codes(method.encode(query), len(query), 64, method.name)
     assert 0.2 < codes.mean() < 0.8
     assert synthetic_bench.score(method) > 10.0  # chance is about 2 % mAP
+
+
+def test_encoding_folds_batchnorm_and_keeps_the_function(pdh64, synthetic_bench):
+    model = pdh64.model_
+    fast = inference_copy(model)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.body.modules())
+    assert n_bn > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.body.modules())
+    assert (
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.body.modules()) == n_bn
+    )  # trained net intact
+    assert fast.head is model.head and fast.region_mode == model.region_mode
+    x = torch.from_numpy(np.asarray(synthetic_bench.view("query", MAPS).maps[:64], dtype=np.float32))
+    with torch.inference_mode():
+        a, b = model.eval()(x)["pre"], fast(x)["pre"]
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert ((a > 0) != (b > 0)).float().mean() < 1e-3
 
 
 def test_same_seed_same_codes(synthetic_bench):

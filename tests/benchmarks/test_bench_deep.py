@@ -44,8 +44,8 @@ def batch():
 
 METHODS = {
     "dbh": lambda: DBH(bits=BITS, epochs=1),
-    "pdh": lambda: PDH(bits=BITS, epochs=1),
-    "pdh-pool": lambda: PDH(bits=BITS, epochs=1, part_mode="pool"),
+    "pdh": lambda: PDH(bits=BITS, epochs=1),  # pool mode
+    "pdh-crop": lambda: PDH(bits=BITS, epochs=1, part_mode="crop"),
     "deepssh": lambda: DeepSSH(bits=BITS, epochs=1),
     "deepssh-128": lambda: DeepSSH(bits=128, epochs=1),
 }

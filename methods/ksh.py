@@ -46,8 +46,9 @@ held out with a Market-style query/gallery among them; never the test split), mA
   64.1 / 65.0 at 1, 3.3 and 10 times the cost of 30. ``max_iter=500`` restores the release.
 - At 128 bits, the one length where the test row is below the paper's (19.01 against 20.62), the same
   held-out split gives 35.71 with the defaults; ``n_labeled=6000`` 35.16, ``n_anchors=1000`` 34.75,
-  ``max_iter=300`` 36.88 (measured 2026-12-02 on a fresh IDE stage of the 600 identities; not yet
-  adopted: the whole grid is to be re-run from one commit, and 300 steps triple the cost of long codes).
+  ``max_iter=300`` 36.88 (measured 2026-12-02 on a fresh IDE stage of the 600 identities). Not
+  adopted: +1.2 held out, where mAP runs about twice the test split's, is unlikely to cover the 1.6
+  points the test row lacks, and 300 steps triple the cost of every length.
 
 Cost on Market-1501 (12,936 training images, 2 CPU cores): the 2048-bit cell trains in about 7.5
 minutes (441 s), the whole 128-2048 grid in about 15-20 minutes; memory under 2 GB.

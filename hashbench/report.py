@@ -810,8 +810,9 @@ def write_report(
     """Write the tables and figures of a results store; returns the written paths (and the markdown).
 
     Files, in ``out_dir`` (default: the results directory): ``table_map.md``, ``table_rank1.md``,
-    ``table_map.tex``, ``table_rank1.tex``, ``table_cost.md`` (:func:`cost_table`), ``map_vs_bits.png`` and ``cmc_<bits>.png`` for each length
-    of ``cmc_bits`` present in the results (absent ones are skipped). ``paper`` is a CSV of published
+    ``table_map.tex``, ``table_rank1.tex``, ``table_cost.md`` (:func:`cost_table`), ``map_vs_bits.png``
+    and ``cmc_<bits>.png`` for each length of ``cmc_bits`` present in the results (absent ones are
+    skipped). ``paper`` is a CSV of published
     values (``method, bits, map``, optionally ``rank1``): the Markdown tables then compare with it.
     With ``attribute_queries.csv`` beside the results: ``table_attribute_queries.md`` and
     ``attribute_queries.png`` at ``aq_bits`` (default: the longest code with attribute-query rows).

@@ -225,10 +225,9 @@ def _append_csv(path: Path, columns: list[str], row: dict) -> None:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
-            if header != columns:
-                _check_header(path, header, columns)
-                old_rows = list(reader)
-        if header != columns:
+            old_rows = None if header == columns else list(reader)
+        if old_rows is not None:
+            _check_header(path, header, columns)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=columns, restval="")

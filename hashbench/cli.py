@@ -1,4 +1,4 @@
-"""Command line: ``hashbench list | run | report | leaderboard | explain | query``.
+"""Command line: ``hashbench list | run | report | leaderboard | explain | show | query``.
 
 Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
 status 2.
@@ -105,8 +105,6 @@ def cmd_run(args) -> int:
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
     if args.holdout < 0:
         raise HashbenchError(f"--holdout {args.holdout}: expected a number of training identities (0: off)")
-    default_out = Path("results") / args.dataset / ("validation" if args.holdout else "")
-    out = Path(args.out) if args.out else default_out
     config = RunConfig(
         dataset=args.dataset,
         data_root=args.data_root,
@@ -117,11 +115,11 @@ def cmd_run(args) -> int:
         weights=args.weights,
         cut=args.cut,
         input_size=parse_size(args.input_size) if args.input_size else None,
-        ide=IDEConfig(**{**ide_opts, "seed": args.seed}),
+        ide=IDEConfig(**ide_opts),
         method_params=parse_params(args.param),
         seed=args.seed,
         device=args.device,
-        out=out,
+        out=Path(args.out) if args.out else None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         search_backend=args.search,
         finetune=args.finetune,
@@ -130,6 +128,7 @@ def cmd_run(args) -> int:
         attribute_queries=not args.no_attribute_queries,
         progress=not args.no_progress,
     )
+    out = config.results_dir()
     t0 = time.perf_counter()
     run(config)
     print(f"\nresults: {out / 'results.csv'}  (wall time {time.perf_counter() - t0:.1f} s)\n")
@@ -218,6 +217,22 @@ def cmd_query(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    import json
+
+    from .configs import find_config
+    from .results import ResultStore
+
+    folder, record = find_config(args.config_hash, Path(args.results))
+    print(f"# {folder / 'configs.jsonl'}: {record['config_hash']}")
+    print(json.dumps(record, indent=2, sort_keys=True))
+    rows = [r for r in ResultStore(folder).rows() if r.get("config_hash") == record["config_hash"]]
+    print(f"\n# rows of {folder / 'results.csv'} with this config_hash: {len(rows)}")
+    for row in rows:
+        print(json.dumps(row, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hashbench", description="Benchmark hashing methods for person re-id.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -302,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write explain.csv, explain.md and the PNGs (default: RESULTS)")
     s.set_defaults(func=cmd_explain)
 
+    s = sub.add_parser("show", help="the recorded configuration of a results row, by its config_hash")
+    s.add_argument("config_hash", help="a config_hash (or a prefix of at least 4 hex digits)")
+    s.add_argument(
+        "--results", default="results", help="a results folder, or a folder above several (default: results)"
+    )
+    s.set_defaults(func=cmd_show)
+
     s = sub.add_parser("query", help="search a cell's gallery by attribute description and/or a photo")
     s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
     s.add_argument("--data-root", help="dataset folder or distribution zip (as given to the run)")
@@ -318,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=10, help="number of hits (default 10)")
     s.add_argument("--results", help="results directory (default: results/<dataset>)")
     s.add_argument("--out", help="contact sheet PNG (default: RESULTS/query_<method>_<bits>.png)")
-    s.add_argument("--weights", default="imagenet", help="backbone weights of the run (for --image)")
+    s.add_argument("--weights", help="backbone weights (default: the run's recorded ones)")
     s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
     s.add_argument("--device", default="cpu", help="auto, cpu or cuda (for --image)")
     s.set_defaults(func=cmd_query)

@@ -13,8 +13,8 @@ For each finished cell (method, bits) of a results directory, read back from its
 
 Outputs (beside ``results.csv`` unless ``out_dir``): ``explain.csv`` (one row per cell and group),
 ``explain.md`` (methods × groups accuracy tables, one per code length) and ``explain_<method>_<bits>.png``
-(the bits × groups MI heatmap in bit order, with a method's reserved segments drawn when it exposes
-``segments_``; the top bits of each group; accuracy against the baselines).
+(the bits × groups MI heatmap in bit order, with a method's reserved segments drawn when the run
+recorded a code layout for it; the top bits of each group; accuracy against the baselines).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .cells import Cell, hash_rows, load_cell, read_rows
+from .configs import recorded_layout
 from .errors import HashbenchError
 
 log = logging.getLogger(__name__)
@@ -164,12 +165,10 @@ def _num(x: float) -> str:
     return "" if not np.isfinite(x) else f"{x:.4f}"
 
 
-def segments_of(method) -> dict[str, tuple[int, int]] | None:
-    """A method's reserved bit segments (``segments_``: name -> (start, stop)), if it has any."""
-    segments = getattr(method, "segments_", None)
-    if not segments:
-        return None
-    return {str(k): (int(v[0]), int(v[1])) for k, v in dict(segments).items()}
+def segments_of(cell: Cell) -> dict[str, tuple[int, int]] | None:
+    """The cell's code layout (name -> (start, stop)) as the runner recorded it in ``configs.jsonl``
+    (:meth:`hashbench.method.HashMethod.code_layout`), or ``None`` when the method declares none."""
+    return recorded_layout(cell.results_dir, cell.row.get("config_hash", ""))
 
 
 def explain_cell(cell: Cell, **decoder_params) -> Explanation:
@@ -195,7 +194,6 @@ def explain_cell(cell: Cell, **decoder_params) -> Explanation:
             truth = gallery_attr[mask, g]
             accuracy[g] = float((predicted[mask, g] == truth).mean())
             majority[g] = float((truth == majority_value(train_attr[:, g], n_values[g])).mean())
-    method = cell.fitted_method()
     return Explanation(
         dataset=cell.dataset,
         method=cell.method,
@@ -208,7 +206,7 @@ def explain_cell(cell: Cell, **decoder_params) -> Explanation:
         n_test=n_test,
         entropy=np.array([entropy(train_attr[:, g], n_values[g]) for g in range(G)]),
         mi=mi_matrix(train_codes, train_attr, n_values),
-        segments=segments_of(method),
+        segments=segments_of(cell),
     )
 
 

@@ -9,13 +9,12 @@ the last completed batch, and a finished split is renamed into place atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 
@@ -25,35 +24,24 @@ from tqdm.auto import tqdm
 
 from .backbones import TRANSFORM_ID, Backbone, to_tensor
 from .data import Dataset, Record
+from .keys import TrunkKey, digest_of, resolve_cache_dir
+
+__all__ = ["FeatureCache", "ImageSource", "TrunkKey", "digest_of", "resolve_device", "trunk_key"]
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "HASHBENCH_CACHE"
 
-
-def default_cache_dir() -> Path:
-    """``$HASHBENCH_CACHE`` if set, else ``~/.cache/hashbench``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hashbench"
-
-
-def digest_of(obj) -> str:
-    """Stable short digest of a JSON-able object."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class TrunkKey:
-    dataset: str
-    dataset_digest: str
-    backbone: str
-    weights_digest: str
-    cut: str
-    input_size: tuple[int, int]
-    transform: str = TRANSFORM_ID
-
-    def digest(self) -> str:
-        return digest_of(asdict(self))
+def trunk_key(dataset: Dataset, backbone: Backbone, cut: str, input_size: tuple[int, int]) -> TrunkKey:
+    """The key of a dataset's trunk maps under a loaded backbone (see :mod:`hashbench.keys`)."""
+    return TrunkKey(
+        dataset.name,
+        dataset.digest(),
+        backbone.name,
+        backbone.weights_digest,
+        cut,
+        tuple(input_size),
+        TRANSFORM_ID,
+    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -78,7 +66,7 @@ class FeatureCache:
     """Computes and stores trunk maps per split; a second call with the same key only memory-maps them."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root = resolve_cache_dir(root)
 
     def trunk_dir(self, key: TrunkKey) -> Path:
         return self.root / "trunk" / key.digest()
@@ -93,11 +81,14 @@ class FeatureCache:
         device: torch.device | str = "cpu",
         batch_size: int = 64,
         progress: bool = True,
+        key: TrunkKey | None = None,
     ) -> tuple[dict[str, np.ndarray], dict]:
-        """Trunk maps of every split (memory-mapped float16) and timing info ``{"extract_s": ...}``."""
-        key = TrunkKey(
-            dataset.name, dataset.digest(), backbone.name, backbone.weights_digest, cut, tuple(input_size)
-        )
+        """Trunk maps of every split (memory-mapped float16) and timing info ``{"extract_s": ...}``.
+
+        ``key``: the maps' :class:`TrunkKey` when the caller has computed it (the pipeline does, once);
+        else it is derived here with :func:`trunk_key`.
+        """
+        key = key or trunk_key(dataset, backbone, cut, input_size)
         folder = self.trunk_dir(key)
         folder.mkdir(parents=True, exist_ok=True)
         meta_path = folder / "meta.json"

@@ -27,14 +27,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .features import digest_of, write_json
+from .features import write_json
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IDEConfig:
-    """Hyperparameters of the identity adaptation (defaults measured on Market-1501, see the README)."""
+    """Hyperparameters of the identity adaptation (defaults measured on Market-1501, see the README).
+
+    The stage's seed is the run's (``RunConfig.seed``, one slot): it is passed to :func:`train_ide`, and
+    recorded beside these settings in the IDE key (:func:`hashbench.keys.ide_key`).
+    """
 
     epochs: int = 6
     batch_size: int = 64
@@ -44,7 +48,6 @@ class IDEConfig:
     label_smoothing: float = 0.1
     warmup_epochs: float = 0.5
     flip: bool = True
-    seed: int = 0
 
 
 class IDEModel(nn.Module):
@@ -106,10 +109,11 @@ def train_ide(
     device: torch.device | str = "cpu",
     checkpoint: Path | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> tuple[IDEModel, list[dict]]:
     """Train an :class:`IDEModel` on trunk ``maps``; returns the model and per-epoch logs."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     labels = torch.from_numpy(label_index(pids))
     n_classes = int(labels.max()) + 1
     model = IDEModel(top, channels, n_classes).to(device)
@@ -214,23 +218,26 @@ def embed_maps(
 
 def adapted_features(
     cache_root: Path,
-    trunk_key: str,
+    key: str,
     maps: dict[str, np.ndarray],
     train_pids: np.ndarray,
     backbone,
     cut: str,
     config: IDEConfig,
     device,
+    seed: int = 0,
     progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Adapted features of every split, cached under ``<cache>/ide/<key>``.
+
+    ``key`` is the stage's :func:`hashbench.keys.ide_key`, computed by the pipeline from the maps' key,
+    ``config``, ``seed``, the backbone and the cut.
 
     ``info`` reports the cost of producing them (``ide_train_s``: sum of the epochs' times, resumed
     epochs included; ``ide_embed_s``: embedding all splits) whether they were computed now or read from
     the cache, so a results row never claims a cached stage was free.
     """
-    key = digest_of({"trunk": trunk_key, "ide": asdict(config), "backbone": backbone.name, "cut": cut})
-    folder = Path(cache_root) / "ide" / key
+    folder = ide_dir(cache_root, key)
     folder.mkdir(parents=True, exist_ok=True)
     final, timings_path = folder / "model.pt", folder / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {"embed_s": {}}
@@ -243,7 +250,7 @@ def adapted_features(
             continue
         if model is None:
             model, history = _trained_model(
-                folder, final, maps, train_pids, backbone, cut, config, device, progress
+                cache_root, key, maps, train_pids, backbone, cut, config, device, seed, progress
             )
         t0 = time.perf_counter()
         feats[split] = embed_maps(
@@ -265,14 +272,30 @@ def adapted_features(
     return feats, info
 
 
-def _trained_model(folder, final, maps, train_pids, backbone, cut, config, device, progress):
-    """The IDE model: loaded from ``final`` if trained before, else trained (resuming a checkpoint)."""
-    if final.exists():
-        state = torch.load(final, map_location=device, weights_only=False)
-        model = IDEModel(backbone.top(cut), backbone.out_channels, state["n_classes"]).to(device)
-        model.load_state_dict(state["model"])
-        return model.eval(), state["history"]
-    checkpoint = folder / "checkpoint.pt"
+def ide_dir(cache_root: Path, key: str) -> Path:
+    """The cache folder of the IDE stage with key ``key``."""
+    return Path(cache_root) / "ide" / key
+
+
+def load_ide_model(cache_root: Path, key: str, backbone, cut: str, device) -> tuple[IDEModel, list] | None:
+    """The trained IDE model cached under ``key`` (eval mode on ``device``) and its per-epoch log, or
+    ``None`` when that stage has not been trained."""
+    final = ide_dir(cache_root, key) / "model.pt"
+    if not final.exists():
+        return None
+    state = torch.load(final, map_location=device, weights_only=False)
+    model = IDEModel(backbone.top(cut), backbone.out_channels, state["n_classes"]).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), state["history"]
+
+
+def _trained_model(cache_root, key, maps, train_pids, backbone, cut, config, device, seed, progress):
+    """The IDE model: loaded from the cache if trained before, else trained (resuming a checkpoint)."""
+    trained = load_ide_model(cache_root, key, backbone, cut, device)
+    if trained is not None:
+        return trained
+    folder = ide_dir(cache_root, key)
+    final, checkpoint = folder / "model.pt", folder / "checkpoint.pt"
     model, history = train_ide(
         maps["train"],
         train_pids,
@@ -282,12 +305,13 @@ def _trained_model(folder, final, maps, train_pids, backbone, cut, config, devic
         device,
         checkpoint=checkpoint,
         progress=progress,
+        seed=seed,
     )
     state = {
         "model": model.state_dict(),
         "n_classes": model.classifier.out_features,
         "history": history,
-        "config": asdict(config),
+        "config": {**asdict(config), "seed": seed},
     }
     _atomic_save(state, final)
     checkpoint.unlink(missing_ok=True)

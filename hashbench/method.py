@@ -79,6 +79,8 @@ class Context:
     schema: AttributeSchema | None = None
     backbone: Any = None  # hashbench.backbones.Backbone, for methods that consume "maps"
     progress: bool = False
+    cut: str | None = None  # the backbone cut the trunk maps were taken at (None: the backbone's default)
+    finetune: str = "top"  # the run-level --finetune
     extras: dict = field(default_factory=dict)
 
 
@@ -89,6 +91,7 @@ class HashMethod(ABC):
     description: ClassVar[str]
     consumes: ClassVar[frozenset[str]] = frozenset({"features"})
     supervised: ClassVar[bool] = False
+    run_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, bits: int, seed: int = 0) -> None:
         self.bits = bits
@@ -101,6 +104,10 @@ class HashMethod(ABC):
     @abstractmethod
     def encode(self, view: View) -> np.ndarray:
         """Binary codes of ``view``: (N, bits) uint8 in {0, 1}."""
+
+    def code_layout(self, schema: AttributeSchema | None = None) -> dict[str, tuple[int, int]] | None:
+        """Named bit ranges of a structured code, or ``None``."""
+        return None
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (hyperparameters), as in scikit-learn; they go into the config hash."""

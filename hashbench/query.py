@@ -11,30 +11,31 @@ A query is a description (``gender=female,upper_color=red``), a pedestrian photo
   order, as in the benchmark);
 * **both**: :func:`~hashbench.semantic.combined_distance` with weight ``alpha``.
 
-The dataset and backbone are set up through :func:`hashbench.runner.setup`, so the gallery records (and
-their crops, for the contact sheet) are those the run encoded; a mismatch (other ``--data-root`` or
-``--dataset-option`` than the run's) is an error, not a wrong picture.
+The pipeline is rebuilt from the cell's recorded configuration (``configs.jsonl``, see
+:mod:`hashbench.configs`): the same dataset options, backbone, cut, input size and IDE stage (read from
+the cache under its recorded key), so the gallery records (and their crops, for the contact sheet) are
+those the run encoded; a mismatch (other data under ``--data-root`` than the run's) is an error, not a
+wrong picture.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .cells import Cell, load_cell, run_hint
+from .configs import CONFIGS_NAME, read_configs
 from .errors import HashbenchError
-from .features import TrunkKey, default_cache_dir, digest_of
-from .method import View, check_codes
+from .method import check_codes
+from .pipeline import Pipeline, run_config_of
 from .results import CSV_NAME
 
 log = logging.getLogger(__name__)
 
-HOLDOUT = re.compile(r"^(?P<name>.+)-holdout(?P<n>\d+)$")
 MARKS = {True: "✓", False: "✗", None: "?"}
 
 
@@ -116,107 +117,51 @@ class QueryResult:
 # ------------------------------------------------------------------------------------------- setup
 
 
-def prepare_dataset(
-    cell: Cell, dataset: str, data_root, dataset_options: dict, weights: str, cache_dir, device
-):
-    """The run's dataset, splits and backbone (:func:`hashbench.runner.setup`), checked against the cell."""
-    from .registry import Registry
-    from .runner import RunConfig, setup
-
-    backbone, _, cut = cell.row.get("backbone", "mobilenetv2/").partition("/")
-    size = cell.row.get("input_size", "")
-    input_size = tuple(int(t) for t in size.split("x")) if size else None
-    m = HOLDOUT.match(cell.dataset)
-    name = m["name"] if m else cell.dataset
+def prepare_pipeline(
+    cell: Cell, dataset: str, data_root, dataset_options: dict | None, weights, cache_dir, device
+) -> Pipeline:
+    """The run's pipeline, rebuilt from the cell's recorded configuration (``configs.jsonl``) and checked
+    against the cell: same dataset content, same gallery."""
+    record = read_configs(cell.results_dir).get(cell.row.get("config_hash", ""))
+    if record is None:
+        raise HashbenchError(
+            f"{cell.results_dir / CONFIGS_NAME} holds no configuration {cell.row.get('config_hash')!r} of "
+            f"{cell.method} at {cell.bits} bits: run `{cell.hint()}` again (finished cells are recorded, "
+            "not recomputed)"
+        )
+    name = record["config"]["dataset"]["name"]
     if name != dataset:
         raise HashbenchError(
             f"--dataset {dataset}: the cell {cell.path} comes from a run on {name!r}; pass --dataset {name}"
         )
-    config = RunConfig(
-        dataset=dataset,
+    config = run_config_of(
+        record,
         data_root=data_root,
-        dataset_options=dataset_options,
-        backbone=backbone or "mobilenetv2",
+        dataset_options=dataset_options or None,
         weights=weights,
-        cut=cut or None,
-        input_size=input_size,
-        seed=int(cell.row.get("seed") or 0),
-        device=device,
         cache_dir=cache_dir,
-        holdout=int(m["n"]) if m else 0,
-        progress=False,
+        device=device,
     )
-    prep = setup(config, Registry.load())
-    gallery = prep.splits.arrays["gallery"]
+    pipe = Pipeline.setup(config)
+    if pipe.keys.trunk.dataset_digest != record["config"]["dataset_digest"]:
+        raise HashbenchError(
+            f"the data under {config.data_root} is not the data of {cell.path} (dataset digest "
+            f"{pipe.keys.trunk.dataset_digest}, the run's {record['config']['dataset_digest']}): pass the "
+            "run's --data-root and --dataset-option"
+        )
+    gallery = pipe.splits.arrays["gallery"]
     cell.require("gallery_pids")
     if not np.array_equal(gallery.pids, cell.arrays["gallery_pids"]):
         raise HashbenchError(
             f"the gallery of dataset {dataset!r} ({len(gallery.pids)} images) is not the one of {cell.path} "
             f"({len(cell.arrays['gallery_pids'])} images): pass the run's --data-root and --dataset-option"
         )
-    return prep, config
-
-
-def _ide_model(prep, config, cell: Cell, method) -> torch.nn.Module:
-    """The run's cached IDE model, identified by the cell's config hash (see :mod:`hashbench.ide`)."""
-    from .ide import IDEConfig, IDEModel
-
-    backbone, cut, dataset = prep.backbone, prep.cut, prep.dataset
-    cache = Path(config.cache_dir or default_cache_dir())
-    key = TrunkKey(
-        dataset.name, dataset.digest(), backbone.name, backbone.weights_digest, cut, tuple(prep.input_size)
-    ).digest()
-    if "holdout" in prep.base_config:
-        key = digest_of({"trunk": key, "holdout": prep.base_config["holdout"]})
-
-    def folder_of(ide: dict) -> Path:
-        return cache / "ide" / digest_of({"trunk": key, "ide": ide, "backbone": backbone.name, "cut": cut})
-
-    def cell_hash(ide: dict) -> str:
-        return digest_of(
-            {**prep.base_config, "ide": ide, "method": cell.method, "params": method.get_params()}
-        )
-
-    default = asdict(IDEConfig(seed=config.seed))
-    candidates = {str(folder_of(default)): default} if (folder_of(default) / "model.pt").is_file() else {}
-    for path in sorted((cache / "ide").glob("*/model.pt")):  # runs with other --ide options
-        if str(path.parent) in candidates:
-            continue
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        ide = state.get("config")
-        if isinstance(ide, dict) and folder_of(ide) == path.parent:
-            candidates[str(path.parent)] = ide
-    chosen = [f for f, ide in candidates.items() if cell_hash(ide) == cell.row.get("config_hash")]
-    if not chosen and len(candidates) == 1:
-        chosen = list(candidates)
-        log.warning("the cached IDE model does not reproduce the cell's config hash; using it anyway")
-    if len(chosen) != 1:
+    if "ide" in record["keys"] and record["keys"]["ide"] != pipe.keys.ide:
         raise HashbenchError(
-            f"no cached IDE model of this run under {cache / 'ide'} (the method consumes adapted features): "
-            f"run `{cell.hint()} --cache-dir {cache}` first"
-            if not chosen
-            else f"several cached IDE models under {cache / 'ide'} match this run: {', '.join(chosen)}"
+            f"the IDE stage of this setup ({pipe.keys.ide}) is not the cell's ({record['keys']['ide']}): "
+            "pass the run's --weights"
         )
-    state = torch.load(Path(chosen[0]) / "model.pt", map_location="cpu", weights_only=False)
-    model = IDEModel(backbone.top(cut), backbone.out_channels, state["n_classes"])
-    model.load_state_dict(state["model"])
-    return model.to(prep.device).eval()
-
-
-class _OneImage:
-    """An :class:`~hashbench.features.ImageSource` of one already-normalised image tensor."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batch(self, index) -> torch.Tensor:
-        return self.x[list(index)]
-
-    def subset(self, index) -> _OneImage:
-        return _OneImage(self.x[list(index)])
+    return pipe
 
 
 def open_image(path: Path):
@@ -231,29 +176,11 @@ def open_image(path: Path):
         raise HashbenchError(f"--image {path}: cannot read the image ({exc})") from None
 
 
-def encode_image(prep, config, cell: Cell, path: Path) -> np.ndarray:
+def encode_image(pipe: Pipeline, cell: Cell, path: Path) -> np.ndarray:
     """(bits,) code of a pedestrian photo, through the run's pipeline (trunk, IDE stage, the method)."""
-    from .backbones import to_tensor
-    from .ide import embed_maps
-
     method = cell.fitted_method(required=True)
-    consumes = method.consumes
-    x = to_tensor([open_image(path)], prep.input_size)
-    with torch.inference_mode():
-        trunk = prep.backbone.trunk(prep.cut).to(prep.device)
-        # float16 like the feature cache, so the photo's maps are those a cached gallery image would have
-        maps = trunk(x.to(prep.device)).to("cpu", torch.float16).numpy()
-    extra: dict = {}
-    if "features" in consumes:
-        extra["features"] = embed_maps(_ide_model(prep, config, cell, method), maps, prep.device)
-    if "maps" in consumes:
-        extra["maps"] = maps
-    if "attributes" in consumes:
-        n_groups = len(cell.schema) if cell.schema is not None else 0
-        extra["attributes"] = np.full((1, n_groups), -1, dtype=np.int16)
-    if "images" in consumes:
-        extra["images"] = _OneImage(x)
-    view = View("query", np.array([-1]), np.array([0]), **extra)
+    n_groups = len(cell.schema) if cell.schema is not None else 0
+    view = pipe.image_view([open_image(path)], method.consumes, n_groups)
     with torch.inference_mode():
         codes = method.encode(view)
     return check_codes(codes, 1, cell.bits, cell.method)[0]
@@ -274,7 +201,7 @@ def run_query(
     out: str | Path | None = None,
     data_root: str | None = None,
     dataset_options: dict | None = None,
-    weights: str = "imagenet",
+    weights: str | None = None,
     cache_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> QueryResult:
@@ -299,21 +226,15 @@ def run_query(
     image = Path(image) if image is not None else None
     if image is not None:
         open_image(image)  # a bad file fails before the dataset is read
-    prep, config = prepare_dataset(
-        cell,
-        dataset,
-        data_root,
-        dataset_options or {},
-        weights,
-        Path(cache_dir) if cache_dir else None,
-        device,
+    pipe = prepare_pipeline(
+        cell, dataset, data_root, dataset_options, weights, Path(cache_dir) if cache_dir else None, device
     )
     gallery = cell.codes("gallery")
     n = len(gallery)
     hamming = description = None
     code = None
     if image is not None:
-        code = encode_image(prep, config, cell, image)
+        code = encode_image(pipe, cell, image)
         hamming = (gallery != code[None, :]).sum(1)
     if query:
         from . import semantic
@@ -329,7 +250,7 @@ def run_query(
     else:
         distance = hamming.astype(float)
         order = np.argsort(distance, kind="stable")
-    records = prep.splits.records["gallery"]
+    records = pipe.splits.records["gallery"]
     attrs = cell.attributes("gallery") if "gallery_attributes" in cell.arrays else np.full((n, 0), -1)
     hits = []
     for rank, i in enumerate(order[: min(top, n)], 1):
@@ -351,7 +272,7 @@ def run_query(
         )
     result = QueryResult(cell, query, image, hits, query_code=code)
     png = Path(out) if out else results_dir / f"query_{method}_{bits}.png"
-    result.png = contact_sheet(result, prep.dataset, records, png)
+    result.png = contact_sheet(result, pipe.dataset, records, png)
     return result
 
 

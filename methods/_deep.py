@@ -112,7 +112,7 @@ def make_body(context: Context, finetune: str) -> tuple[nn.Module, int, list[nn.
     backbone = context.backbone
     if backbone is None:
         raise HashbenchError("deep methods need the backbone in their context (context.backbone)")
-    cut = context.extras.get("cut", backbone.default_cut)
+    cut = context.cut or context.extras.get("cut", backbone.default_cut)
     top = backbone.top(cut)
     if finetune == "top":
         return top, backbone.out_channels, []
@@ -273,6 +273,7 @@ class DeepHashing(HashMethod):
 
     consumes: ClassVar[frozenset[str]] = frozenset({"maps"})
     supervised = True
+    run_options: ClassVar[frozenset[str]] = frozenset({"finetune"})
     regions: Sequence[tuple[float, float]] = WHOLE
     region_mode: str = "crop"
     momentum: ClassVar[float] = 0.9

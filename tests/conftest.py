@@ -34,24 +34,17 @@ class SyntheticBench:
     prepared: object
 
     def view(self, split: str, consumes=frozenset({"features"})):
-        from hashbench.runner import make_view
-
-        return make_view(self.prepared, split, frozenset(consumes))
+        return self.prepared.view(split, frozenset(consumes))
 
     def context(self):
-        from hashbench.method import Context
-
-        p = self.prepared
-        return Context(device="cpu", schema=p.attributes.schema, backbone=p.backbone, extras={"cut": p.cut})
+        return self.prepared.context()
 
     def score(self, method) -> float:
         """mAP (%) of a fitted method's codes on the query/gallery splits."""
-        from hashbench.runner import evaluate_codes
-
         consumes = type(method).consumes
         q = method.encode(self.view("query", consumes))
         g = method.encode(self.view("gallery", consumes))
-        return evaluate_codes(self.prepared, q, g, "numpy")[0].to_dict()["map"]
+        return self.prepared.evaluate(q, g, "numpy")[0].to_dict()["map"]
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +54,7 @@ def synthetic_bench(tmp_path_factory) -> SyntheticBench:
     Provides the inputs every method may consume: adapted ``features``, trunk ``maps``, ``attributes``.
     """
     from hashbench.ide import IDEConfig
-    from hashbench.registry import Registry
-    from hashbench.runner import RunConfig, prepare
+    from hashbench.pipeline import Pipeline, RunConfig
 
     config = RunConfig(
         dataset="synthetic",
@@ -72,4 +64,4 @@ def synthetic_bench(tmp_path_factory) -> SyntheticBench:
         progress=False,
         cache_dir=tmp_path_factory.mktemp("synthetic-cache"),
     )
-    return SyntheticBench(prepare(config, Registry.load(), {"features", "maps", "attributes"}))
+    return SyntheticBench(Pipeline.setup(config).load({"features", "maps", "attributes"}))

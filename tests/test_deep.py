@@ -211,13 +211,13 @@ def test_finetune_full_one_step_on_tiny_images(cls, synthetic_bench):
     method = cls(bits=16, epochs=1, finetune="full", **hp)
     assert method.consumes == frozenset({"images"})
     ctx = synthetic_bench.context()
-    trunk_before = [p.detach().clone() for p in ctx.backbone.trunk(ctx.extras["cut"]).parameters()]
+    trunk_before = [p.detach().clone() for p in ctx.backbone.trunk(ctx.cut).parameters()]
     method.fit(view, ctx)
     assert len(method.history_) == 1 and np.isfinite(method.history_[0]["loss"])
     trunk_after = list(method.model_.body[0].parameters())
     assert len(trunk_after) == len(trunk_before)
     assert any(not torch.equal(a, b) for a, b in zip(trunk_after, trunk_before, strict=True))  # trunk trained
-    shared = ctx.backbone.trunk(ctx.extras["cut"]).parameters()
+    shared = ctx.backbone.trunk(ctx.cut).parameters()
     assert all(torch.equal(a, b) for a, b in zip(shared, trunk_before, strict=True))  # the backbone is not
     codes = check_codes(method.encode(view), len(view), 16, method.name)
     assert codes.shape == (4, 16)

@@ -219,12 +219,12 @@ def test_finetune_full_one_step_on_tiny_images(synthetic_bench):
     view = View("train", arrays.pids[index], arrays.camids[index], images=images, attributes=attributes)
     method = DeepSSH(bits=32, epochs=1, P=2, K=2, finetune="full")
     ctx = synthetic_bench.context()
-    trunk_before = [p.detach().clone() for p in ctx.backbone.trunk(ctx.extras["cut"]).parameters()]
+    trunk_before = [p.detach().clone() for p in ctx.backbone.trunk(ctx.cut).parameters()]
     method.fit(view, ctx)
     assert len(method.history_) == 1 and np.isfinite(method.history_[0]["loss"])
     assert np.isfinite(method.history_[0]["attr"])
     trunk_after = list(method.model_.body[0].parameters())
     assert any(not torch.equal(a, b) for a, b in zip(trunk_after, trunk_before, strict=True))  # trunk trained
-    shared = ctx.backbone.trunk(ctx.extras["cut"]).parameters()
+    shared = ctx.backbone.trunk(ctx.cut).parameters()
     assert all(torch.equal(a, b) for a, b in zip(shared, trunk_before, strict=True))  # the backbone is not
     assert check_codes(method.encode(view), len(view), 32, "deepssh").shape == (4, 32)

@@ -190,7 +190,27 @@ def test_bad_query_input_is_one_line_and_exit_2(finished, capsys):
     assert code == 2 and "nowhere" in err and "hashbench run" in err
     code, _, err = cli(capsys, *base)
     assert code == 2 and "--attributes" in err and "--image" in err
+    # other dataset options than the run's: other data, refused (by default the recorded ones are used)
     code, _, err = cli(
+        capsys,
+        "query",
+        "--dataset-option",
+        "n_test_ids=9",
+        "--method",
+        "itq",
+        "--bits",
+        "64",
+        "--results",
+        finished / "res",
+        "--attributes",
+        "hat=yes",
+    )
+    assert code == 2 and "--dataset-option" in err and "digest" in err and len(err.strip().splitlines()) == 1
+
+
+def test_query_rebuilds_the_run_from_its_recorded_configuration(finished, capsys):
+    """No --dataset-option, --input-size or --cache-dir: what the run recorded in configs.jsonl is used."""
+    code, out, err = cli(
         capsys,
         "query",
         "--method",
@@ -202,7 +222,26 @@ def test_bad_query_input_is_one_line_and_exit_2(finished, capsys):
         "--attributes",
         "hat=yes",
     )
-    assert code == 2 and "gallery" in err and "--dataset-option" in err  # not the run's dataset options
+    assert code == 0, err
+    assert "itq @ 64 bits" in out
+    # a results folder without recorded configurations says how to record them
+    (finished / "res" / "configs.jsonl").rename(finished / "configs.bak")
+    try:
+        code, _, err = cli(
+            capsys,
+            "query",
+            "--method",
+            "itq",
+            "--bits",
+            "64",
+            "--results",
+            finished / "res",
+            "--attributes",
+            "hat=yes",
+        )
+        assert code == 2 and "configs.jsonl" in err and "hashbench run" in err
+    finally:
+        (finished / "configs.bak").rename(finished / "res" / "configs.jsonl")
 
 
 def test_query_by_photo_encodes_it_like_the_run_and_finds_its_identity(finished, capsys):

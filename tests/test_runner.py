@@ -268,6 +268,7 @@ class PixelMean(HashMethod):
 
     name = "pixelmean"
     description = "test method: thresholded samples of its input"
+    run_options = frozenset({"finetune"})
 
     def __init__(self, bits, seed=0, finetune="top"):
         super().__init__(bits, seed)

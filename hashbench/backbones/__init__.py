@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import HashbenchError
 from ..hookspecs import hookimpl
+from ..keys import resolve_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,7 @@ def resolve_weights(source: str, cache_dir: Path | None) -> Path:
 
 def _download(url: str, cache_dir: Path | None) -> Path:
     """Download once into ``cache_dir/weights``; the file-name hash prefix (torchvision style) is checked."""
-    from ..features import default_cache_dir
-
-    target_dir = (cache_dir or default_cache_dir()) / "weights"
+    target_dir = resolve_cache_dir(cache_dir) / "weights"
     target_dir.mkdir(parents=True, exist_ok=True)
     name = url.rsplit("/", 1)[-1]
     target = target_dir / name

@@ -2,16 +2,17 @@
 
 The runner writes, per (method, bits) cell, ``cells/<method>-<bits>-<config hash>.npz`` (packed codes of
 every split, labels, identity attributes, the attribute schema as JSON) and the fitted method beside it
-(``<same stem>.method.pt``). ``results.csv`` says which artifact belongs to which cell; when several
-rows match a (method, bits), the last one wins (the latest run). Presentation tools (``hashbench
-explain``, ``hashbench query``) read cells through :func:`load_cell` and never recompute them.
+(``<same stem>.method.pt``, :meth:`ResultStore.method_path`). ``results.csv`` says which artifact belongs
+to which cell; when several rows match a (method, bits), the latest wins, by the rule the report uses
+(:func:`hashbench.results.latest_positions`: latest ``date``, ties to the later row). Presentation tools
+(``hashbench explain``, ``hashbench query``) read cells through :func:`load_cell` and never recompute them.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,10 @@ import numpy as np
 
 from .data import AttributeGroup, AttributeSchema
 from .errors import HashbenchError
-from .results import CSV_NAME
+from .results import CSV_NAME, ResultStore, StoredRow, latest_rows, read_results
 
 SPLITS = ("train", "query", "gallery")
+REQUIRED_COLUMNS = ("dataset", "method", "bits")  # what reading a cell back needs of results.csv
 
 
 def run_hint(dataset: str, method: str, bits: int | str, results_dir: Path) -> str:
@@ -31,8 +33,9 @@ def run_hint(dataset: str, method: str, bits: int | str, results_dir: Path) -> s
     return f"hashbench run --dataset {dataset} --methods {method} --bits {bits}{out}"
 
 
-def read_rows(results_dir: Path) -> list[dict]:
-    """Rows of ``results_dir/results.csv`` (an error naming the file when it is missing)."""
+def read_rows(results_dir: Path) -> list[StoredRow]:
+    """Rows of ``results_dir/results.csv``, in file order (:func:`hashbench.results.read_results`);
+    an error naming the file and the run to do when it is missing."""
     results_dir = Path(results_dir)
     path = results_dir / CSV_NAME
     if not results_dir.is_dir():
@@ -41,18 +44,16 @@ def read_rows(results_dir: Path) -> list[dict]:
         )
     if not path.is_file():
         raise HashbenchError(f"{path} not found: run `hashbench run --out {results_dir}` first")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return list(read_results(path, required=REQUIRED_COLUMNS).rows)
 
 
-def hash_rows(rows: list[dict]) -> dict[tuple[str, int], dict]:
-    """(method, bits) -> the last row of each hash cell (reference rows, with empty bits, left out)."""
-    out: dict[tuple[str, int], dict] = {}
-    for row in rows:
-        bits = (row.get("bits") or "").strip()
-        if bits.isdigit():
-            out[(row["method"], int(bits))] = row
-    return out
+def hash_rows(rows: Sequence[StoredRow]) -> dict[tuple[str, int], StoredRow]:
+    """(method, bits) -> the latest row of each hash cell (:func:`hashbench.results.latest_rows`),
+    in the order the cells first appear in the file; reference rows (no bits) are left out."""
+    hashed = [row for row in rows if row.bits is not None]
+    # the rule keyed by (method, bits), what a cell is here (one dataset per results directory)
+    latest = {(row.method, row.bits): row for row in latest_rows(hashed, key=("method", "bits"))}
+    return {cell: latest[cell] for cell in dict.fromkeys((row.method, row.bits) for row in hashed)}
 
 
 def schema_from_json(text: str) -> AttributeSchema:
@@ -75,7 +76,8 @@ def schema_from_json(text: str) -> AttributeSchema:
 
 @dataclass
 class Cell:
-    """One finished cell: its row, artifact arrays (loaded eagerly) and attribute schema."""
+    """One finished cell: its row (column -> text, as written), artifact arrays (loaded eagerly) and
+    attribute schema."""
 
     results_dir: Path
     row: dict
@@ -118,7 +120,7 @@ class Cell:
 
     @property
     def method_path(self) -> Path:
-        return self.path.with_name(self.path.name[: -len(".npz")] + ".method.pt")
+        return ResultStore.method_path(self.path)
 
     def fitted_method(self, required: bool = False):
         """The fitted method object saved beside the artifact (``None`` when absent and not required)."""
@@ -137,21 +139,24 @@ class Cell:
         return self._method
 
 
-def load_cell(results_dir: str | Path, method: str, bits: int, rows: list[dict] | None = None) -> Cell:
-    """The latest cell (method, bits) of a results directory; errors name the file and the run to do."""
+def load_cell(
+    results_dir: str | Path, method: str, bits: int, rows: Sequence[StoredRow] | None = None
+) -> Cell:
+    """The latest cell (method, bits) of a results directory (:func:`hash_rows`); errors name the file
+    and the run to do. ``rows``: those :func:`read_rows` gave, to read the file once for many cells."""
     results_dir = Path(results_dir)
     cells = hash_rows(read_rows(results_dir) if rows is None else rows)
     row = cells.get((method, int(bits)))
     if row is None:
         have = ", ".join(f"{m}@{b}" for m, b in sorted(cells)) or "none"
-        dataset = next(iter(cells.values()))["dataset"] if cells else "DATASET"
+        dataset = next(iter(cells.values())).dataset if cells else "DATASET"
         raise HashbenchError(
             f"{results_dir / CSV_NAME}: no cell {method} at {bits} bits (have: {have}); "
             f"run `{run_hint(dataset, method, bits, results_dir)}` first"
         )
-    artifact = (row.get("artifact") or "").strip()
+    artifact = row.artifact.strip()
     path = results_dir / artifact
-    hint = run_hint(row["dataset"], method, bits, results_dir)
+    hint = run_hint(row.dataset, method, bits, results_dir)
     if not artifact or not path.is_file():
         raise HashbenchError(f"artifact {path} of {method} at {bits} bits not found: run `{hint}` first")
     try:
@@ -165,4 +170,4 @@ def load_cell(results_dir: str | Path, method: str, bits: int, rows: list[dict] 
             schema = schema_from_json(str(arrays["schema"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise HashbenchError(f"artifact {path}: unreadable attribute schema ({exc})") from None
-    return Cell(results_dir, row, path, arrays, schema)
+    return Cell(results_dir, dict(row.values), path, arrays, schema)

@@ -227,12 +227,12 @@ def plot_explanation(ex: Explanation, path: Path) -> Path:
     """The cell's figure: MI heatmap (all bits, in order), top bits per group, accuracy vs baselines."""
     from matplotlib.patches import Rectangle
 
-    from .report import _new_figure, _save
+    from .report import new_figure, save_figure
 
     G = len(ex.groups)
     data, factor = _pool(ex.mi)
     width = float(np.clip(6 + data.shape[1] / 110, 10, 16))
-    fig = _new_figure((width, 2.2 + 0.34 * G * 2 + 0.8))
+    fig = new_figure((width, 2.2 + 0.34 * G * 2 + 0.8))
     grid = fig.add_gridspec(2, 2, height_ratios=(1.1, 1.0), width_ratios=(1.5, 1.0))
     ax = fig.add_subplot(grid[0, :])
     vmax = max(float(ex.mi.max()), 1e-6)
@@ -305,7 +305,7 @@ def plot_explanation(ex: Explanation, path: Path) -> Path:
     ax3.set_title("attribute prediction from codes", fontsize=10)
     ax3.grid(True, axis="x", alpha=0.3)
     ax3.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def markdown(rows: Sequence[dict]) -> str:

@@ -2,8 +2,10 @@
 
 ``hashbench leaderboard results/`` writes ``results/LEADERBOARD.md``: per dataset and code length,
 each method's best row (by mAP), best first, with the commit and date that produced it, plus the
-real-valued references. It reads only the stored rows (never recomputes) and the page is a pure
-function of them, so CI can regenerate it and fail when the committed page differs (``--check``).
+real-valued references. Best, not latest (:func:`hashbench.results.latest_positions` is the report's
+question): every stored row competes. It reads only the stored rows, through
+:func:`hashbench.results.read_results` (never recomputes), and the page is a pure function of them, so
+CI can regenerate it and fail when the committed page differs (``--check``).
 
 Inside a git work tree only the CSVs git tracks are read: the page describes the committed results,
 not whatever a local run left beside them.
@@ -19,8 +21,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from .errors import HashbenchError
-from .report import PROTOCOL, dataset_title, load_results
-from .results import CSV_NAME
+from .report import PROTOCOL, dataset_title
+from .results import CSV_NAME, REQUIRED_COLUMNS, read_results
 
 PAGE_NAME = "LEADERBOARD.md"
 VALIDATION_DIR = "validation"
@@ -54,7 +56,7 @@ def result_files(root: Path) -> list[Path]:
 
 
 def collect(root: Path) -> pd.DataFrame:
-    frames = [load_results(path) for path in result_files(root)]
+    frames = [read_results(path, required=REQUIRED_COLUMNS).frame for path in result_files(root)]
     if not frames:
         raise HashbenchError(f"leaderboard: no {CSV_NAME} under {root}")
     return pd.concat(frames, ignore_index=True)

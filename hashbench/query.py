@@ -278,7 +278,7 @@ def run_query(
 
 def contact_sheet(result: QueryResult, dataset, records, path: Path, per_row: int = 11) -> Path:
     """PNG of the top crops (the query photo first), each labelled with rank, id and ✓/✗."""
-    from .report import _new_figure, _save
+    from .report import new_figure, save_figure
 
     crops = list(dataset.open_images([records[h.index] for h in result.hits]))
     tiles: list[tuple[object, str, str]] = []
@@ -290,7 +290,7 @@ def contact_sheet(result: QueryResult, dataset, records, path: Path, per_row: in
         tiles.append((crop, f"#{h.rank} {who}" + (f" {h.mark}" if h.mark else ""), colors[h.mark]))
     cols = min(per_row, len(tiles))
     rows = -(-len(tiles) // cols)
-    fig = _new_figure((1.25 * cols + 0.3, 2.45 * rows + 0.7))
+    fig = new_figure((1.25 * cols + 0.3, 2.45 * rows + 0.7))
     schema = result.cell.schema
     asked = ", ".join(
         f"{schema.groups[g].name}={schema.groups[g].values[v]}" for g, v in result.query.items()
@@ -306,4 +306,4 @@ def contact_sheet(result: QueryResult, dataset, records, path: Path, per_row: in
         for spine in ax.spines.values():
             spine.set_edgecolor(color)
             spine.set_linewidth(2 if color != "black" else 0.5)
-    return _save(fig, path)
+    return save_figure(fig, path)

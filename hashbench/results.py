@@ -8,20 +8,28 @@ committed part; the ``cells/`` artifacts hold codes and stay local (with the fit
 each, ``<stem>.method.pt``). ``attribute_queries.csv`` holds each cell's search-by-description scores
 (one row per number of queried attributes), written before the cell's row. A cell
 is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
+
+Every reader of the store goes through :func:`read_results` (typed rows plus a pandas view), and every
+"which row of a cell is current" question through :func:`latest_positions`: per (dataset, method, bits)
+the row with the latest ``date`` (a missing or unparseable one counts as the earliest), ties going to the
+later row in the file.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import logging
 import os
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import __version__
 from .errors import HashbenchError
@@ -36,6 +44,11 @@ AQ_COLUMNS = (
     "dataset", "method", "bits", "n_attributes", "draws", "n_queries", "rank1", "rank5", "precision10",
     "config_hash", "commit", "seed", "date",
 )  # fmt: skip
+CELL_KEY = ("dataset", "method", "bits")  # one cell of a table: its latest row is the one shown
+# what the report needs of a results file; other readers ask for less (``read_results(required=...)``)
+REQUIRED_COLUMNS = ("dataset", "method", "bits", "map", "rank1", "date", "artifact")
+METRICS = {"map": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20"}
+_TEXT_COLUMNS = {"dataset": str, "method": str, "artifact": str, "config_hash": str}
 
 
 @dataclass
@@ -70,6 +83,159 @@ class ResultRow:
     @classmethod
     def columns(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """One row of a ``results.csv`` as read back by :func:`read_results`.
+
+    The key and the metrics are typed (``bits`` is ``None`` for real-valued reference rows, metrics are
+    floats, NaN where the file has no value); ``values`` keeps every column's text as written (``''``
+    where empty), for the provenance columns a reader passes on untouched.
+    """
+
+    position: int  # 0-based among the file's rows: ties of date go to the later one
+    dataset: str
+    method: str
+    bits: int | None
+    config_hash: str
+    date: str
+    artifact: str
+    metrics: dict[str, float]
+    values: dict[str, str]
+
+    @property
+    def key(self) -> tuple[str, str, int | None, str]:
+        """(dataset, method, bits, config_hash): what makes a cell finished (:meth:`ResultStore.finished`)."""
+        return (self.dataset, self.method, self.bits, self.config_hash)
+
+
+@dataclass(frozen=True, eq=False)
+class ResultTable:
+    """A results file read once: its typed :attr:`rows` and :attr:`frame`, the same rows as a DataFrame
+    (``bits`` a nullable ``Int64`` column, the metrics floats, other columns as pandas reads them)."""
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[StoredRow, ...]
+    frame: pd.DataFrame = field(repr=False)
+
+    def latest(self, key: Sequence[str] = CELL_KEY) -> list[StoredRow]:
+        """The latest row of each cell (:func:`latest_positions`), in (date, file) order."""
+        return [self.rows[i] for i in latest_positions(self.frame, key)]
+
+
+def read_results(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS) -> ResultTable:
+    """Read a results store: a CSV file, or a directory holding ``results.csv``.
+
+    Errors are one line naming the file: missing, empty, not a readable CSV, a ``required`` column
+    missing, a metric that is not a number, a ``bits`` that is not a positive integer.
+    """
+    path = Path(path)
+    csv_path = path / CSV_NAME if path.is_dir() else path
+    if not csv_path.is_file():
+        raise HashbenchError(f"results file {csv_path} not found")
+    try:
+        data = csv_path.read_bytes()
+    except OSError as exc:
+        raise HashbenchError(f"results file {csv_path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype=_TEXT_COLUMNS)
+        # the same bytes, every field as its text: what a row's ``values`` keep
+        text = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise HashbenchError(f"results file {csv_path} is empty (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HashbenchError(f"results file {csv_path} is not a readable CSV: {first}") from None
+    frame = check_frame(frame, str(csv_path), required)
+    return ResultTable(csv_path, tuple(frame.columns), _typed_rows(frame, text), frame)
+
+
+def check_frame(
+    df: pd.DataFrame, source: str = "results table", required: Sequence[str] = REQUIRED_COLUMNS
+) -> pd.DataFrame:
+    """Check the ``required`` columns and normalise the types of a results DataFrame (idempotent):
+    ``dataset`` and ``method`` stripped text, ``bits`` nullable ``Int64``, the metrics floats."""
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise HashbenchError(f"{source}: missing required column(s) {', '.join(missing)}")
+    df = df.copy()
+    for name in ("method", "dataset"):
+        if name in df.columns:
+            df[name] = df[name].astype(str).str.strip()
+    if "bits" in df.columns:
+        bits = pd.to_numeric(df["bits"], errors="coerce")
+        bad = df["bits"].notna() & (bits.isna() | (bits.fillna(0) % 1 != 0) | (bits.fillna(1) <= 0))
+        if bad.any():
+            value = df["bits"][bad].iloc[0]
+            raise HashbenchError(f"{source}: column bits holds a non-positive-integer value ({value!r})")
+        df["bits"] = bits.astype("Int64")
+    for metric in METRICS:
+        if metric in df.columns:
+            values = pd.to_numeric(df[metric], errors="coerce")
+            if (values.isna() & df[metric].notna()).any():
+                raise HashbenchError(f"{source}: column {metric} holds a non-numeric value")
+            df[metric] = values.astype(float)
+    return df
+
+
+def _typed_rows(frame: pd.DataFrame, text: pd.DataFrame) -> tuple[StoredRow, ...]:
+    if len(frame) != len(text):  # one parser, one file: cannot differ
+        raise AssertionError("results parsed into different row counts")
+    n = len(frame)
+
+    def column(name: str) -> list:
+        return frame[name].tolist() if name in frame.columns else [""] * n
+
+    records = text.to_dict("records")
+    metrics = [m for m in METRICS if m in frame.columns]
+    values = {m: frame[m].tolist() for m in metrics}
+    bits = frame["bits"].tolist() if "bits" in frame.columns else [None] * n
+    return tuple(
+        StoredRow(
+            position=i,
+            dataset=dataset,
+            method=method,
+            bits=None if pd.isna(b) else int(b),
+            config_hash=raw.get("config_hash", ""),
+            date=raw.get("date", ""),
+            artifact=raw.get("artifact", ""),
+            metrics={m: float(values[m][i]) for m in metrics},
+            values={str(k): str(v) for k, v in raw.items()},
+        )
+        for i, (dataset, method, b, raw) in enumerate(
+            zip(column("dataset"), column("method"), bits, records, strict=True)
+        )
+    )
+
+
+def latest_positions(frame: pd.DataFrame, key: Sequence[str] = CELL_KEY) -> list[int]:
+    """The one "latest row" rule: per ``key``, the row with the latest ``date`` (ISO 8601; a missing or
+    unparseable date, or no ``date`` column, counts as the earliest); ties go to the later row.
+
+    Returns the kept rows' positions (0-based, in ``frame`` order), ordered by (date, position).
+    """
+    key = list(key)
+    dates = frame["date"] if "date" in frame.columns else pd.Series([None] * len(frame), dtype=object)
+    order = frame[key].reset_index(drop=True)
+    order["_date"] = pd.to_datetime(dates.reset_index(drop=True), errors="coerce", utc=True, format="ISO8601")
+    order["_row"] = np.arange(len(order))
+    order = order.sort_values(["_date", "_row"], na_position="first", kind="stable")
+    return order.drop_duplicates(key, keep="last")["_row"].tolist()
+
+
+def latest_rows(rows: Sequence[StoredRow], key: Sequence[str] = CELL_KEY) -> list[StoredRow]:
+    """:func:`latest_positions` on typed rows (``key``: names of :class:`StoredRow` fields)."""
+    rows = list(rows)
+    frame = pd.DataFrame(
+        {name: pd.Series([getattr(r, name) for r in rows], dtype=object) for name in key}
+        | {"date": pd.Series([r.date or None for r in rows], dtype=object)}
+    )
+    return [rows[i] for i in latest_positions(frame, key)]
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -119,20 +285,18 @@ class ResultStore:
         self.csv = self.out / CSV_NAME
         self.cmc_csv = self.out / CMC_NAME
 
-    def rows(self) -> list[dict]:
-        if not self.csv.exists():
+    def rows(self) -> list[StoredRow]:
+        """The stored rows in file order (:func:`read_results`); none before the first cell."""
+        if not self.csv.is_file() or self.csv.stat().st_size == 0:
             return []
-        with open(self.csv, newline="") as f:
-            reader = csv.DictReader(f)
-            _check_header(self.csv, list(reader.fieldnames or []), ResultRow.columns())
-            return list(reader)
+        table = read_results(self.csv, required=())
+        _check_header(self.csv, list(table.columns), ResultRow.columns())
+        return list(table.rows)
 
-    def finished(self, dataset: str, method: str, bits: int | None, config_hash: str) -> dict | None:
-        want = (dataset, method, "" if bits is None else str(bits), config_hash)
-        for row in self.rows():
-            if (row["dataset"], row["method"], row["bits"], row["config_hash"]) == want:
-                return row
-        return None
+    def finished(self, dataset: str, method: str, bits: int | None, config_hash: str) -> StoredRow | None:
+        """A row of the cell with exactly this key, or ``None``: the cell is finished when one exists."""
+        want = (dataset, method, bits, config_hash)
+        return next((row for row in self.rows() if row.key == want), None)
 
     def artifact_path(self, method: str, bits: int | None, config_hash: str) -> Path:
         return self.out / "cells" / f"{method}-{bits if bits is not None else 'float'}-{config_hash}.npz"
@@ -144,7 +308,8 @@ class ResultStore:
         os.replace(tmp, path)
         return str(path.relative_to(self.out))
 
-    def method_path(self, artifact: Path) -> Path:
+    @staticmethod
+    def method_path(artifact: Path) -> Path:
         """Where the fitted method of a cell goes: beside its artifact, ``<same stem>.method.pt``."""
         return artifact.with_name(artifact.name[: -len(".npz")] + ".method.pt")
 
@@ -252,4 +417,17 @@ def _fmt(v):
     return v
 
 
-__all__ = ["ResultRow", "ResultStore", "git_commit", "now", "device_name", "__version__"]
+__all__ = [
+    "ResultRow",
+    "ResultStore",
+    "ResultTable",
+    "StoredRow",
+    "check_frame",
+    "device_name",
+    "git_commit",
+    "latest_positions",
+    "latest_rows",
+    "now",
+    "read_results",
+    "__version__",
+]

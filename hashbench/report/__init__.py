@@ -63,10 +63,6 @@ from .tables import (
     render,
 )
 
-# the names these helpers had while they were private to this module; use the public ones
-_new_figure, _save = new_figure, save_figure
-
-
 class Report(dict):
     """What :func:`write_report` wrote: file name -> path, plus ``markdown`` (the tables, to print)."""
 

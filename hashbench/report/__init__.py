@@ -63,6 +63,7 @@ from .tables import (
     render,
 )
 
+
 class Report(dict):
     """What :func:`write_report` wrote: file name -> path, plus ``markdown`` (the tables, to print)."""
 

@@ -226,11 +226,17 @@ def cmd_show(args) -> int:
     folder, record = find_config(args.config_hash, Path(args.results))
     print(f"# {folder / 'configs.jsonl'}: {record['config_hash']}")
     print(json.dumps(record, indent=2, sort_keys=True))
-    rows = [r for r in ResultStore(folder).rows() if r.get("config_hash") == record["config_hash"]]
+    rows = [r.values for r in ResultStore(folder).rows() if r.config_hash == record["config_hash"]]
     print(f"\n# rows of {folder / 'results.csv'} with this config_hash: {len(rows)}")
     for row in rows:
         print(json.dumps(row, indent=2))
     return 0
+
+
+def add_dataset_arguments(s: argparse.ArgumentParser, root_help: str, option_help: str) -> None:
+    s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
+    s.add_argument("--data-root", help=root_help)
+    s.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help=option_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,11 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("run", help="train and evaluate methods × code lengths; append rows to results.csv")
-    s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
-    s.add_argument("--data-root", help="dataset folder or distribution zip")
-    s.add_argument(
-        "--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option, repeatable"
-    )
+    add_dataset_arguments(s, "dataset folder or distribution zip", "dataset option, repeatable")
     s.add_argument("--methods", default="lsh,itq", help="comma-separated method names (default: lsh,itq)")
     s.add_argument(
         "--bits", default="128-2048", help="code lengths: 128-2048, 64,128 or 512 (default 128-2048)"
@@ -325,10 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("query", help="search a cell's gallery by attribute description and/or a photo")
-    s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
-    s.add_argument("--data-root", help="dataset folder or distribution zip (as given to the run)")
-    s.add_argument(
-        "--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option of the run, repeatable"
+    add_dataset_arguments(
+        s,
+        "dataset folder or distribution zip (default: the run's recorded one)",
+        "dataset option (default: the run's recorded ones), repeatable",
     )
     s.add_argument("--method", required=True, help="the cell's method")
     s.add_argument("--bits", required=True, help="the cell's code length")

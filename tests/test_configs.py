@@ -10,30 +10,16 @@ import pytest
 from hashbench.cli import main
 from hashbench.configs import CONFIGS_NAME, find_config, read_configs, record_config
 from hashbench.errors import HashbenchError
-from hashbench.ide import IDEConfig
 from hashbench.keys import digest_of
 from hashbench.pipeline import Pipeline, RunConfig, run_config_of
 from hashbench.runner import run
 
-TINY = {"n_train_ids": 12, "n_test_ids": 12}
+from .tiny import tiny_run_config
 
 
 def tiny_config(tmp_path, **kw) -> RunConfig:
-    base = dict(
-        dataset="synthetic",
-        dataset_options=TINY,
-        methods=["lsh", "itq"],
-        bits=[16],
-        method_params={"itq": {"n_iter": 3}},
-        input_size=(64, 32),
-        ide=IDEConfig(epochs=1, batch_size=32),
-        out=tmp_path / "res",
-        cache_dir=tmp_path / "cache",
-        progress=False,
-        device="cpu",
-        attribute_queries=False,
-    )
-    return RunConfig(**{**base, **kw})
+    base = {"bits": [16], "method_params": {"itq": {"n_iter": 3}}, "attribute_queries": False}
+    return tiny_run_config(tmp_path, **{**base, **kw})
 
 
 def rows_of(folder):

@@ -8,14 +8,13 @@ import pytest
 
 from hashbench.cli import main
 from hashbench.explain import entropy, majority_value, mutual_information, write_explain
-from hashbench.ide import IDEConfig
 from hashbench.query import run_query
 from hashbench.registry import Registry
-from hashbench.runner import RunConfig, run
+from hashbench.runner import run
 from hashbench.search import pack_codes
 
-TINY = {"n_train_ids": 16, "n_test_ids": 16}
-OPTIONS = [a for k, v in TINY.items() for a in ("--dataset-option", f"{k}={v}")]
+from .tiny import OPTIONS, TINY, tiny_run_config
+
 GROUPS = 12  # attribute groups of the synthetic schema
 
 
@@ -23,20 +22,7 @@ GROUPS = 12  # attribute groups of the synthetic schema
 def finished(tmp_path_factory):
     """A tiny synthetic run: LSH and ITQ at 16 and 64 bits, artifacts with codes and attributes."""
     tmp = tmp_path_factory.mktemp("explain")
-    config = RunConfig(
-        dataset="synthetic",
-        dataset_options=TINY,
-        methods=["lsh", "itq"],
-        bits=[16, 64],
-        method_params={"itq": {"n_iter": 5}},
-        input_size=(64, 32),
-        ide=IDEConfig(epochs=1, batch_size=32),
-        out=tmp / "res",
-        cache_dir=tmp / "cache",
-        progress=False,
-        device="cpu",
-        reference=False,
-    )
+    config = tiny_run_config(tmp, bits=[16, 64], method_params={"itq": {"n_iter": 5}}, reference=False)
     run(config)
     return tmp
 
@@ -191,27 +177,14 @@ def test_bad_query_input_is_one_line_and_exit_2(finished, capsys):
     code, _, err = cli(capsys, *base)
     assert code == 2 and "--attributes" in err and "--image" in err
     # other dataset options than the run's: other data, refused (by default the recorded ones are used)
-    code, _, err = cli(
-        capsys,
-        "query",
-        "--dataset-option",
-        "n_test_ids=9",
-        "--method",
-        "itq",
-        "--bits",
-        "64",
-        "--results",
-        finished / "res",
-        "--attributes",
-        "hat=yes",
-    )
+    other = ["--dataset-option", "n_test_ids=9", "--method", "itq", "--bits", "64", "--attributes", "hat=yes"]
+    code, _, err = cli(capsys, "query", *other, "--results", finished / "res")
     assert code == 2 and "--dataset-option" in err and "digest" in err and len(err.strip().splitlines()) == 1
 
 
 def test_query_rebuilds_the_run_from_its_recorded_configuration(finished, capsys):
     """No --dataset-option, --input-size or --cache-dir: what the run recorded in configs.jsonl is used."""
-    code, out, err = cli(
-        capsys,
+    query = [
         "query",
         "--method",
         "itq",
@@ -221,24 +194,13 @@ def test_query_rebuilds_the_run_from_its_recorded_configuration(finished, capsys
         finished / "res",
         "--attributes",
         "hat=yes",
-    )
-    assert code == 0, err
-    assert "itq @ 64 bits" in out
+    ]
+    code, out, err = cli(capsys, *query)
+    assert code == 0 and "itq @ 64 bits" in out, err
     # a results folder without recorded configurations says how to record them
     (finished / "res" / "configs.jsonl").rename(finished / "configs.bak")
     try:
-        code, _, err = cli(
-            capsys,
-            "query",
-            "--method",
-            "itq",
-            "--bits",
-            "64",
-            "--results",
-            finished / "res",
-            "--attributes",
-            "hat=yes",
-        )
+        code, _, err = cli(capsys, *query)
         assert code == 2 and "configs.jsonl" in err and "hashbench run" in err
     finally:
         (finished / "configs.bak").rename(finished / "res" / "configs.jsonl")

@@ -5,24 +5,22 @@ import pytest
 from scipy import linalg
 
 from hashbench.errors import HashbenchError
-from hashbench.method import View
 from hashbench_methods.ksh import KSH, ksh_greedy
 from hashbench_methods.lsh import LSH
+
+from .feature_checks import (
+    check_codes_separate_identities,
+    check_codes_shape_values_determinism,
+    feature_view,
+    six_blobs,
+)
 
 SMALL = {"n_anchors": 40, "n_labeled": 150, "max_iter": 20}
 
 
-def view(x, pids, split="train"):
-    return View(split, np.asarray(pids), np.ones(len(x), int), features=x)
-
-
 @pytest.fixture(scope="module")
 def blobs():
-    """Six well-separated identities in 16-d, 40 images each."""
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((6, 16)) * 3
-    pids = np.repeat(np.arange(6), 40)
-    return centres[pids] + rng.standard_normal((len(pids), 16)), pids
+    return six_blobs()
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +30,11 @@ def ksh64(synthetic_bench):
 
 @pytest.mark.parametrize("bits", [8, 24])
 def test_codes_shape_values_determinism(bits, blobs):
-    x, pids = blobs
-    a = KSH(bits=bits, seed=3, **SMALL).fit(view(x, pids)).encode(view(x, pids, "query"))
-    b = KSH(bits=bits, seed=3, **SMALL).fit(view(x, pids)).encode(view(x, pids, "query"))
-    c = KSH(bits=bits, seed=4, **SMALL).fit(view(x, pids)).encode(view(x, pids, "query"))
-    assert a.shape == (len(x), bits) and a.dtype == np.uint8 and set(np.unique(a)) <= {0, 1}
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, c)
+    check_codes_shape_values_determinism(KSH, bits, SMALL, blobs)
 
 
 def test_codes_separate_identities(blobs):
-    x, pids = blobs
-    codes = KSH(bits=16, seed=0, **SMALL).fit(view(x, pids)).encode(view(x, pids)).astype(int)
-    ham = (codes[:, None, :] != codes[None, :, :]).sum(-1)
-    same = pids[:, None] == pids[None, :]
-    assert ham[same].mean() < 0.25 * ham[~same].mean()
+    check_codes_separate_identities(KSH, SMALL, blobs)
 
 
 def _naive_spectral_greedy(kl, labels, r):
@@ -117,6 +105,6 @@ def test_hyperparameters_and_bad_values(blobs):
     }
     x, pids = blobs
     with pytest.raises(HashbenchError, match="sigma"):
-        KSH(bits=8, sigma="widest", **SMALL).fit(view(x, pids))
+        KSH(bits=8, sigma="widest", **SMALL).fit(feature_view(x, pids))
     with pytest.raises(HashbenchError, match="anchors"):
-        KSH(bits=8, anchors="grid", **SMALL).fit(view(x, pids))
+        KSH(bits=8, anchors="grid", **SMALL).fit(feature_view(x, pids))

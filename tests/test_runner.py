@@ -9,32 +9,15 @@ import pytest
 from hashbench.cli import main
 from hashbench.errors import HashbenchError
 from hashbench.hookspecs import hookimpl
-from hashbench.ide import IDEConfig
 from hashbench.method import HashMethod
 from hashbench.registry import Registry
 from hashbench.results import ResultRow
-from hashbench.runner import RunConfig, run
+from hashbench.runner import run
 
 from .plugin_fixture import install_throwaway_plugin
+from .tiny import tiny_run_config
 
-TINY = {"n_train_ids": 16, "n_test_ids": 16}
-
-
-def tiny_config(tmp_path, **kw) -> RunConfig:
-    base = dict(
-        dataset="synthetic",
-        dataset_options=TINY,
-        methods=["lsh", "itq"],
-        bits=[16, 32],
-        input_size=(64, 32),
-        ide=IDEConfig(epochs=1, batch_size=32),
-        out=tmp_path / "res",
-        cache_dir=tmp_path / "cache",
-        progress=False,
-        device="cpu",
-    )
-    base.update(kw)
-    return RunConfig(**base)
+tiny_config = tiny_run_config
 
 
 def read_rows(path):

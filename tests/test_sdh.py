@@ -4,23 +4,22 @@ import numpy as np
 import pytest
 
 from hashbench.errors import HashbenchError
-from hashbench.method import View
 from hashbench_methods.lsh import LSH
 from hashbench_methods.sdh import SDH, dcc
+
+from .feature_checks import (
+    check_codes_separate_identities,
+    check_codes_shape_values_determinism,
+    feature_view,
+    six_blobs,
+)
 
 SMALL = {"n_anchors": 60}
 
 
-def view(x, pids, split="train"):
-    return View(split, np.asarray(pids), np.ones(len(x), int), features=x)
-
-
 @pytest.fixture(scope="module")
 def blobs():
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((6, 16)) * 3
-    pids = np.repeat(np.arange(6), 40)
-    return centres[pids] + rng.standard_normal((len(pids), 16)), pids
+    return six_blobs()
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +29,11 @@ def sdh64(synthetic_bench):
 
 @pytest.mark.parametrize("bits", [8, 24])
 def test_codes_shape_values_determinism(bits, blobs):
-    x, pids = blobs
-    a = SDH(bits=bits, seed=3, **SMALL).fit(view(x, pids)).encode(view(x, pids, "query"))
-    b = SDH(bits=bits, seed=3, **SMALL).fit(view(x, pids)).encode(view(x, pids, "query"))
-    c = SDH(bits=bits, seed=4, **SMALL).fit(view(x, pids)).encode(view(x, pids, "query"))
-    assert a.shape == (len(x), bits) and a.dtype == np.uint8 and set(np.unique(a)) <= {0, 1}
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, c)
+    check_codes_shape_values_determinism(SDH, bits, SMALL, blobs)
 
 
 def test_codes_separate_identities(blobs):
-    x, pids = blobs
-    codes = SDH(bits=16, seed=0, **SMALL).fit(view(x, pids)).encode(view(x, pids)).astype(int)
-    ham = (codes[:, None, :] != codes[None, :, :]).sum(-1)
-    same = pids[:, None] == pids[None, :]
-    assert ham[same].mean() < 0.25 * ham[~same].mean()
+    check_codes_separate_identities(SDH, SMALL, blobs)
 
 
 def _naive_dcc(b, q, w, sweeps):
@@ -83,7 +72,7 @@ def test_objective_does_not_increase(sdh64, blobs):
     assert np.all(np.diff(obj) <= 1e-9 * np.abs(obj[:-1]))
     assert obj[-1] < 0.5 * obj[0]
     x, pids = blobs
-    small = np.array(SDH(bits=24, seed=1, nu=1e-2, **SMALL).fit(view(x, pids)).objective_)
+    small = np.array(SDH(bits=24, seed=1, nu=1e-2, **SMALL).fit(feature_view(x, pids)).objective_)
     assert np.all(np.diff(small) <= 1e-9 * np.abs(small[:-1]))
 
 
@@ -112,6 +101,6 @@ def test_hyperparameters_and_bad_values(blobs):
     }
     x, pids = blobs
     with pytest.raises(HashbenchError, match="nu"):
-        SDH(bits=8, nu=-1, **SMALL).fit(view(x, pids))
+        SDH(bits=8, nu=-1, **SMALL).fit(feature_view(x, pids))
     with pytest.raises(HashbenchError, match="sigma"):
-        SDH(bits=8, sigma=0, **SMALL).fit(view(x, pids))
+        SDH(bits=8, sigma=0, **SMALL).fit(feature_view(x, pids))

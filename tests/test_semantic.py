@@ -9,7 +9,6 @@ import torch
 
 from hashbench.data import AttributeGroup, AttributeSchema, AttributeTable
 from hashbench.errors import HashbenchError
-from hashbench.ide import IDEConfig
 from hashbench.runner import RunConfig, run
 from hashbench.semantic import (
     AttributeDecoder,
@@ -19,6 +18,8 @@ from hashbench.semantic import (
     rank_by_description,
     top_k_stable,
 )
+
+from .tiny import tiny_run_config
 
 SCHEMA = AttributeSchema(
     (
@@ -211,21 +212,7 @@ def test_bad_input_is_one_line_naming_the_valid_choices():
 
 
 def tiny(tmp_path, **kw) -> RunConfig:
-    base = dict(
-        dataset="synthetic",
-        dataset_options={"n_train_ids": 16, "n_test_ids": 16},
-        methods=["lsh"],
-        bits=[16, 32],
-        input_size=(64, 32),
-        ide=IDEConfig(epochs=1, batch_size=32),
-        out=tmp_path / "res",
-        cache_dir=tmp_path / "cache",
-        progress=False,
-        device="cpu",
-        reference=False,
-    )
-    base.update(kw)
-    return RunConfig(**base)
+    return tiny_run_config(tmp_path, **{"methods": ["lsh"], "reference": False, **kw})
 
 
 def aq_rows(res):

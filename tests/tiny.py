@@ -1,0 +1,27 @@
+"""The tiny synthetic run the runner, query, explain, configs and semantic tests share (seconds on CPU)."""
+
+from __future__ import annotations
+
+from hashbench.ide import IDEConfig
+from hashbench.pipeline import RunConfig
+
+TINY = {"n_train_ids": 16, "n_test_ids": 16}  # synthetic identities per split
+OPTIONS = [a for k, v in TINY.items() for a in ("--dataset-option", f"{k}={v}")]  # the same, for the CLI
+
+
+def tiny_run_config(tmp_path, **kw) -> RunConfig:
+    """LSH and ITQ at 16 and 32 bits on the tiny synthetic set at 64 x 32, one IDE epoch, into
+    ``tmp_path/res`` with the cache in ``tmp_path/cache``; ``kw`` overrides any field."""
+    base = dict(
+        dataset="synthetic",
+        dataset_options=TINY,
+        methods=["lsh", "itq"],
+        bits=[16, 32],
+        input_size=(64, 32),
+        ide=IDEConfig(epochs=1, batch_size=32),
+        out=tmp_path / "res",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        device="cpu",
+    )
+    return RunConfig(**{**base, **kw})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -14,7 +13,7 @@ from hashbench.keys import digest_of
 from hashbench.pipeline import Pipeline, RunConfig, run_config_of
 from hashbench.runner import run
 
-from .tiny import tiny_run_config
+from .tiny import csv_rows, tiny_run_config
 
 
 def tiny_config(tmp_path, **kw) -> RunConfig:
@@ -22,9 +21,7 @@ def tiny_config(tmp_path, **kw) -> RunConfig:
     return tiny_run_config(tmp_path, **{**base, **kw})
 
 
-def rows_of(folder):
-    with open(folder / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
+rows_of = csv_rows
 
 
 @pytest.fixture(scope="module")

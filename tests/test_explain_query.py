@@ -184,17 +184,7 @@ def test_bad_query_input_is_one_line_and_exit_2(finished, capsys):
 
 def test_query_rebuilds_the_run_from_its_recorded_configuration(finished, capsys):
     """No --dataset-option, --input-size or --cache-dir: what the run recorded in configs.jsonl is used."""
-    query = [
-        "query",
-        "--method",
-        "itq",
-        "--bits",
-        "64",
-        "--results",
-        finished / "res",
-        "--attributes",
-        "hat=yes",
-    ]
+    query = ["query", *"--method itq --bits 64 --attributes hat=yes".split(), "--results", finished / "res"]
     code, out, err = cli(capsys, *query)
     assert code == 0 and "itq @ 64 bits" in out, err
     # a results folder without recorded configurations says how to record them

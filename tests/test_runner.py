@@ -15,14 +15,12 @@ from hashbench.results import ResultRow
 from hashbench.runner import run
 
 from .plugin_fixture import install_throwaway_plugin
-from .tiny import tiny_run_config
+from .tiny import csv_rows, tiny_run_config
 
 tiny_config = tiny_run_config
 
 
-def read_rows(path):
-    with open(path / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
+read_rows = csv_rows
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 from hashbench.ide import IDEConfig
 from hashbench.pipeline import RunConfig
 
@@ -25,3 +27,9 @@ def tiny_run_config(tmp_path, **kw) -> RunConfig:
         device="cpu",
     )
     return RunConfig(**{**base, **kw})
+
+
+def csv_rows(folder) -> list[dict]:
+    """The rows of ``folder/results.csv`` as written (text)."""
+    with open(folder / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))

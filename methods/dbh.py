@@ -43,9 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hashbench.deep import DeepHashing, HashLayer, random_batches
 from hashbench.method import Context, View
-
-from ._deep import DeepHashing, HashLayer, random_batches
 
 
 class LatentHashHead(nn.Module):

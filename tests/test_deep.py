@@ -1,4 +1,4 @@
-"""Deep hashing (methods/_deep.py, DBH, PDH): sampler, strips, losses, training, part codes, finetune=full."""
+"""Deep hashing (hashbench/deep.py, DBH, PDH): sampler, strips, losses, training, part codes, finetune=full."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashbench.errors import HashbenchError
-from hashbench.features import ImageSource
-from hashbench.method import View, check_codes
-from hashbench.runner import RunConfig, make_method
-from hashbench_methods._deep import (
+from hashbench.deep import (
     inference_copy,
     normalised,
     pk_batches,
@@ -20,6 +16,10 @@ from hashbench_methods._deep import (
     split_bits,
     triplet_loss,
 )
+from hashbench.errors import HashbenchError
+from hashbench.features import ImageSource
+from hashbench.method import View, check_codes
+from hashbench.runner import RunConfig, make_method
 from hashbench_methods.dbh import DBH
 from hashbench_methods.pdh import PAPER_STRIPS, PDH
 

@@ -1,25 +1,37 @@
-"""Shared machinery of the deep hashing methods (DBH, PDH, DeepSSH): network, sampler, training loop.
+"""The deep-method base: network, sampler, training loop and encoding of a deep hashing method.
+
+DBH, PDH and DeepSSH (``hashbench_methods``) are built on it, and so is any third-party deep method:
+this module, :mod:`hashbench.method` and :mod:`hashbench.training` are public, and a deep method needs
+nothing else of hashbench.
 
 A deep method trains its own copy of the backbone's top (the stages after the cut, initialised from
 ImageNet, *not* from the IDE checkpoint) plus its hash layer(s), on the cached trunk maps of the training
 split (``finetune="top"``, CPU friendly), or the whole backbone from pixels (``finetune="full"``: a
 trainable copy of the trunk in front of the top; meant for a CUDA device).
 
-A method is a small subclass of :class:`DeepHashing` that defines
+Writing a deep method
+---------------------
+Subclass :class:`DeepHashing`; its ``__init__`` lists the method's hyperparameters with their defaults
+and passes the common ones (see :class:`DeepHashing`) to ``super().__init__``. Then define
 
 - ``build_head(channels, n_ids, train, context)``: an ``nn.Module`` that maps the pooled region features
   ``(B, R, C)`` to a dict with at least ``"pre"`` (``(B, bits)`` pre-activations of the hash layer; the
-  code is ``pre > 0``, i.e. the sigmoid relaxation thresholded at 0.5) and whatever its loss needs;
+  code is ``pre > 0``, i.e. the sigmoid relaxation thresholded at 0.5) and whatever its loss needs
+  (:class:`HashLayer` is a linear hash layer);
 - ``loss(out, targets)``: the scalar training loss and a dict of float statistics for the log
   (``targets["ids"]``: identity indices 0..n_ids-1, ``targets["attributes"]`` when the view has them);
 - optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`) and ``batches``
   (the sampler: P x K identity-balanced batches by default, see :func:`pk_batches`).
 
+and register the class like any method (a ``hashbench_register_methods`` hook implementation in a
+module of the ``hashbench`` entry-point group, see :mod:`hashbench.hookspecs`). ``methods/dbh.py`` is a
+complete one.
+
 Everything else is here: the body (top, or trunk + top), region pooling, device handling from
-``context.device``, SGD with Nesterov momentum, linear warm-up + cosine decay (:func:`hashbench.ide.
-warmup_cosine`), horizontal-flip augmentation (:func:`hashbench.ide.maps_to_tensor`), determinism for a
-seed, a tqdm bar per epoch when ``context.progress``, a per-epoch log in ``history_``, and ``encode`` in
-eval mode in batches.
+``context.device``, SGD with Nesterov momentum, linear warm-up + cosine decay
+(:func:`hashbench.training.warmup_cosine`), horizontal-flip augmentation
+(:func:`hashbench.training.maps_to_tensor`), determinism for a seed, a tqdm bar per epoch when
+``context.progress``, a per-epoch log in ``history_``, and ``encode`` in eval mode in batches.
 
 Regions are horizontal strips given as fractions of the height, ``(start, end)`` with 0 the top. On an
 input of height ``H`` a strip covers rows ``floor(start * H) .. ceil(end * H) - 1``. On MobileNetV2's
@@ -44,9 +56,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hashbench.errors import HashbenchError
-from hashbench.ide import iterate_batches, label_index, maps_to_tensor, warmup_cosine
-from hashbench.method import Context, HashMethod, View
+from .errors import HashbenchError
+from .method import Context, HashMethod, View
+from .training import iterate_batches, label_index, maps_to_tensor, warmup_cosine
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,14 @@ and passes the common ones (see :class:`DeepHashing`) to ``super().__init__``. T
   (:class:`HashLayer` is a linear hash layer);
 - ``loss(out, targets)``: the scalar training loss and a dict of float statistics for the log
   (``targets["ids"]``: identity indices 0..n_ids-1, ``targets["attributes"]`` when the view has them);
-- optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`) and ``batches``
-  (the sampler: P x K identity-balanced batches by default, see :func:`pk_batches`).
+- ``sampler``, a class attribute: the batches of an epoch. ``"pk"`` (the default): P x K
+  identity-balanced batches (:func:`pk_batches`), the method sets ``self.P`` and ``self.K`` (usually
+  hyperparameters of the same names); ``"random"``: uniformly shuffled batches of ``self.batch_size``
+  images (:func:`random_batches`); ``"custom"``: the method overrides :meth:`DeepHashing.batches`. A
+  ``"pk"`` or ``"random"`` method without its hyperparameters stops at the start of ``fit`` with one
+  line;
+- optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`) and
+  ``head_param_groups`` (the head's learning rates).
 
 and register the class like any method (a ``hashbench_register_methods`` hook implementation in a
 module of the ``hashbench`` entry-point group, see :mod:`hashbench.hookspecs`). ``methods/dbh.py`` is a
@@ -114,6 +120,15 @@ def pk_batches(labels: np.ndarray, p: int, k: int, rng: np.random.Generator) -> 
         left[chosen] -= 1
         batches.append(np.sort(np.concatenate([chunks[c][left[c]] for c in chosen])))
     return batches
+
+
+def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of uniformly shuffled batches (the last incomplete one dropped), as the IDE stage."""
+    return list(iterate_batches(n, batch_size, rng))
+
+
+# the samplers a deep method declares (``DeepHashing.sampler``) and the hyperparameters each reads
+SAMPLERS: dict[str, tuple[str, ...]] = {"pk": ("P", "K"), "random": ("batch_size",), "custom": ()}
 
 
 # -- network ------------------------------------------------------------------------------------------
@@ -285,6 +300,7 @@ class DeepHashing(HashMethod):
 
     consumes: ClassVar[frozenset[str]] = frozenset({"maps"})
     supervised = True
+    sampler: ClassVar[str] = "pk"  # the batches of an epoch, one of SAMPLERS (see the module docstring)
     regions: Sequence[tuple[float, float]] = WHOLE
     region_mode: str = "crop"
     momentum: ClassVar[float] = 0.9
@@ -333,8 +349,28 @@ class DeepHashing(HashMethod):
         return [{"params": list(head.parameters()), "lr": self.lr * self.head_lr_mult}]
 
     def batches(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        """One epoch of training batches (row indices); default P x K (needs ``self.P``, ``self.K``)."""
-        return pk_batches(labels, self.P, self.K, rng)
+        """One epoch of training batches (row indices), from the declared ``sampler``: ``"pk"``:
+        :func:`pk_batches` of ``self.P`` x ``self.K``; ``"random"``: :func:`random_batches` of
+        ``self.batch_size``. A ``"custom"`` method overrides this."""
+        self.check_sampler()
+        if self.sampler == "pk":
+            return pk_batches(labels, self.P, self.K, rng)
+        return random_batches(len(labels), self.batch_size, rng)  # "random" (check_sampler says so)
+
+    def check_sampler(self) -> None:
+        """The declared ``sampler`` is known and the hyperparameters it reads are set (one-line error)."""
+        if self.sampler not in SAMPLERS:
+            raise HashbenchError(
+                f"{self.name}: sampler {self.sampler!r}: expected one of {', '.join(map(repr, SAMPLERS))}"
+            )
+        if self.sampler == "custom" and type(self).batches is DeepHashing.batches:
+            raise HashbenchError(f"{self.name}: sampler 'custom' declared, but batches() is not overridden")
+        missing = [k for k in SAMPLERS[self.sampler] if getattr(self, k, None) is None]
+        if missing:
+            raise HashbenchError(
+                f"{self.name}: sampler {self.sampler!r} needs the hyperparameter(s) {', '.join(missing)} "
+                f"(set self.{', self.'.join(missing)} in __init__), or declare another sampler"
+            )
 
     # -- training -----------------------------------------------------------------------------------
     def _source(self, view: View):
@@ -342,6 +378,7 @@ class DeepHashing(HashMethod):
 
     def fit(self, train: View, context: Context | None = None) -> DeepHashing:
         context = context or Context()
+        self.check_sampler()  # before any work: a method that lacks its sampler's hyperparameters
         device = torch.device(context.device)
         self._progress = context.progress
         if self.finetune == "full" and device.type == "cpu":
@@ -458,8 +495,3 @@ def inference_copy(model: HashNet) -> HashNet:
     fast = copy.copy(model)  # shares the head; only the body is new
     fast._modules = dict(model._modules, body=body.to(memory_format=torch.channels_last))
     return fast
-
-
-def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of uniformly shuffled batches (the last incomplete one dropped), as the IDE stage."""
-    return list(iterate_batches(n, batch_size, rng))

@@ -9,16 +9,19 @@ import pytest
 import torch
 
 from hashbench.deep import (
+    DeepHashing,
+    HashLayer,
     inference_copy,
     normalised,
     pk_batches,
+    random_batches,
     region_rows,
     split_bits,
     triplet_loss,
 )
 from hashbench.errors import HashbenchError
 from hashbench.features import ImageSource
-from hashbench.method import View, check_codes
+from hashbench.method import Context, View, check_codes
 from hashbench.runner import RunConfig, make_method
 from hashbench_methods.dbh import DBH
 from hashbench_methods.pdh import PAPER_STRIPS, PDH
@@ -41,6 +44,57 @@ def test_pk_batches_balanced_and_covering():
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
     with pytest.raises(HashbenchError):
         pk_batches(labels, 11, 2, np.random.default_rng(0))
+
+
+class Bare(DeepHashing):
+    """A deep method that declares the default sampler ("pk") but has no P, K hyperparameters."""
+
+    name = "bare"
+
+    def __init__(self, bits, seed=0, finetune="top"):
+        super().__init__(
+            bits,
+            seed,
+            epochs=1,
+            lr=0.1,
+            head_lr_mult=1.0,
+            weight_decay=0.0,
+            warmup_epochs=0.0,
+            flip=False,
+            finetune=finetune,
+        )
+
+    def build_head(self, channels, n_ids, train, context):
+        return HashLayer(channels, self.bits)
+
+    def loss(self, out, targets):
+        return out["pre"].sum(), {}
+
+
+def test_the_sampler_is_declared():
+    assert DeepHashing.sampler == "pk" and PDH.sampler == "pk" and DBH.sampler == "random"
+    labels = np.repeat(np.arange(20), 5)
+    for method, expected in [
+        (PDH(bits=32, P=4, K=3), lambda rng: pk_batches(labels, 4, 3, rng)),
+        (DBH(bits=32, batch_size=16), lambda rng: random_batches(len(labels), 16, rng)),
+    ]:
+        got = method.batches(labels, np.random.default_rng(5))
+        want = expected(np.random.default_rng(5))
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    view = View("train", labels, np.zeros_like(labels), maps=np.zeros((100, 4, 2, 2), np.float16))
+    # a "pk" method without P, K stops in one line, before any work (here: before the missing backbone)
+    with pytest.raises(
+        HashbenchError, match=r"^bare: sampler 'pk' needs the hyperparameter\(s\) P, K"
+    ) as err:
+        Bare(bits=16).fit(view, Context())
+    assert "\n" not in str(err.value)
+    odd = Bare(bits=16)
+    odd.sampler = "shuffled"
+    with pytest.raises(HashbenchError, match="sampler 'shuffled': expected one of 'pk', 'random'"):
+        odd.fit(view, Context())
+    odd.sampler = "custom"  # declared, but batches() is not overridden
+    with pytest.raises(HashbenchError, match="sampler 'custom' declared, but batches"):
+        odd.batches(labels, np.random.default_rng(0))
 
 
 def test_paper_strips_on_maps_and_images():

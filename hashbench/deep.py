@@ -26,18 +26,20 @@ and passes the common ones (see :class:`DeepHashing`) to ``super().__init__``. T
   images (:func:`random_batches`); ``"custom"``: the method overrides :meth:`DeepHashing.batches`. A
   ``"pk"`` or ``"random"`` method without its hyperparameters stops at the start of ``fit`` with one
   line;
-- optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`) and
-  ``head_param_groups`` (the head's learning rates).
+- optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`),
+  ``head_param_groups`` (the head's learning rates) and ``code_layout`` (the named bit ranges of a
+  structured code, see :meth:`hashbench.method.HashMethod.code_layout`).
 
 and register the class like any method (a ``hashbench_register_methods`` hook implementation in a
 module of the ``hashbench`` entry-point group, see :mod:`hashbench.hookspecs`). ``methods/dbh.py`` is a
-complete one.
+complete one; ``tests/deep_plugin_fixture.py`` a minimal third-party one.
 
-Everything else is here: the body (top, or trunk + top), region pooling, device handling from
-``context.device``, SGD with Nesterov momentum, linear warm-up + cosine decay
+Everything else is here: the body (top, or trunk + top, at ``context.cut``), region pooling, device
+handling from ``context.device``, SGD with Nesterov momentum, linear warm-up + cosine decay
 (:func:`hashbench.training.warmup_cosine`), horizontal-flip augmentation
 (:func:`hashbench.training.maps_to_tensor`), determinism for a seed, a tqdm bar per epoch when
-``context.progress``, a per-epoch log in ``history_``, and ``encode`` in eval mode in batches.
+``context.progress``, a per-epoch log in ``history_``, ``encode`` in eval mode in batches, and the
+``finetune`` hyperparameter, declared a run option (``run_options``) so that it follows ``--finetune``.
 
 Regions are horizontal strips given as fractions of the height, ``(start, end)`` with 0 the top. On an
 input of height ``H`` a strip covers rows ``floor(start * H) .. ceil(end * H) - 1``. On MobileNetV2's
@@ -133,13 +135,15 @@ SAMPLERS: dict[str, tuple[str, ...]] = {"pk": ("P", "K"), "random": ("batch_size
 
 # -- network ------------------------------------------------------------------------------------------
 def make_body(context: Context, finetune: str) -> tuple[nn.Module, int, list[nn.Parameter]]:
-    """The trainable body: a fresh ImageNet copy of the top, preceded by a trainable trunk copy for
+    """The trainable body: a fresh ImageNet copy of the top at ``context.cut`` (else
+    ``context.extras["cut"]``, else the backbone's default cut), preceded by a trainable trunk copy for
     ``finetune="full"``. Returns the body, its output channels and the trunk's parameters (to get a
     smaller learning rate)."""
     backbone = context.backbone
     if backbone is None:
         raise HashbenchError("deep methods need the backbone in their context (context.backbone)")
-    cut = context.extras.get("cut", backbone.default_cut)
+    # context.cut; the runner's older context.extras["cut"]; else the backbone's default cut
+    cut = context.cut if context.cut is not None else context.extras.get("cut", backbone.default_cut)
     top = backbone.top(cut)
     if finetune == "top":
         return top, backbone.out_channels, []
@@ -295,12 +299,14 @@ class DeepHashing(HashMethod):
     - ``warmup_epochs``: linear warm-up, then cosine decay to 0 at the last step;
     - ``flip``: horizontal flips of the maps or images, probability 0.5;
     - ``finetune``: ``"top"`` trains on the cached trunk maps; ``"full"`` trains the whole backbone from
-      pixels (``consumes`` becomes ``{"images"}``).
+      pixels (``consumes`` becomes ``{"images"}``). A run option (``run_options``): unless set with
+      ``--param``, the runner passes the run's ``--finetune``.
     """
 
     consumes: ClassVar[frozenset[str]] = frozenset({"maps"})
     supervised = True
     sampler: ClassVar[str] = "pk"  # the batches of an epoch, one of SAMPLERS (see the module docstring)
+    run_options: ClassVar[frozenset[str]] = frozenset({"finetune"})  # the runner's --finetune
     regions: Sequence[tuple[float, float]] = WHOLE
     region_mode: str = "crop"
     momentum: ClassVar[float] = 0.9

@@ -430,6 +430,15 @@ class DeepSSH(DeepHashing):
         return total, stats
 
     # -- semantics of the code -------------------------------------------------------------------------
+    def code_layout(self, schema: AttributeSchema | None = None) -> dict[str, tuple[int, int]] | None:
+        """The segments of the code: ``segments_`` once fitted, else the :func:`semantic_layout` of
+        ``schema`` (``None`` without one)."""
+        if hasattr(self, "segments_"):
+            return dict(self.segments_)
+        if schema is None:
+            return None
+        return semantic_layout(schema, self.bits, self.semantic_fraction)
+
     def _group_index(self, key: int | str) -> int:
         g = self.schema_.index(key) if isinstance(key, str) else int(key)
         if not 0 <= g < len(self.schema_):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from hashbench.backbones.mobilenetv2 import MobileNetV2
 from hashbench.deep import (
     DeepHashing,
     HashLayer,
     inference_copy,
+    make_body,
     normalised,
     pk_batches,
     random_batches,
@@ -24,6 +27,7 @@ from hashbench.features import ImageSource
 from hashbench.method import Context, View, check_codes
 from hashbench.runner import RunConfig, make_method
 from hashbench_methods.dbh import DBH
+from hashbench_methods.deepssh import DeepSSH
 from hashbench_methods.pdh import PAPER_STRIPS, PDH
 
 MAPS = frozenset({"maps"})
@@ -140,6 +144,30 @@ def test_hyperparameters_and_finetune_injection():
         PDH(bits=128, K=1)
     method = make_method(PDH, 256, RunConfig(finetune="full", method_params={"pdh": {"epochs": 1}}))
     assert method.finetune == "full" and method.epochs == 1 and method.get_params()["finetune"] == "full"
+    for cls in (DBH, PDH, DeepSSH):  # finetune is declared a run option, and is a hyperparameter
+        assert cls.run_options == frozenset({"finetune"}) <= set(inspect.signature(cls.__init__).parameters)
+
+
+def test_make_body_takes_the_cut_from_the_context():
+    backbone = MobileNetV2(weights="none")
+    n = len(backbone.stages())
+
+    def top_stages(context):
+        body, channels, trunk_params = make_body(context, "top")
+        assert channels == backbone.out_channels and trunk_params == []
+        return len(body)
+
+    assert Context().cut is None and Context().finetune == "top"
+    assert top_stages(Context(backbone=backbone)) == n - backbone.cuts[backbone.default_cut]
+    assert top_stages(Context(backbone=backbone, cut="block16")) == n - backbone.cuts["block16"]
+    assert top_stages(Context(backbone=backbone, extras={"cut": "block10"})) == n - backbone.cuts["block10"]
+    both = Context(backbone=backbone, cut="block16", extras={"cut": "block10"})  # the field wins
+    assert top_stages(both) == n - backbone.cuts["block16"]
+    body, _, trunk_params = make_body(Context(backbone=backbone, cut="block6"), "full")
+    assert len(body[0]) == backbone.cuts["block6"] and len(body[1]) == n - backbone.cuts["block6"]
+    assert trunk_params and all(p.requires_grad for p in trunk_params)
+    with pytest.raises(HashbenchError, match="unknown cut 'nope'"):
+        make_body(Context(backbone=backbone, cut="nope"), "top")
 
 
 def test_pdh_head_step_scales_with_the_part_length():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .features import write_json
+from .training import iterate_batches, label_index, maps_to_tensor, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -67,37 +67,6 @@ class IDEModel(nn.Module):
     def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.embed(maps)
         return feat, self.classifier(feat)
-
-
-def label_index(pids: np.ndarray) -> np.ndarray:
-    """Map person ids to 0..n_ids-1 (sorted order)."""
-    _, inverse = np.unique(pids, return_inverse=True)
-    return inverse.astype(np.int64)
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up then cosine decay to zero."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def iterate_batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = True):
-    order = rng.permutation(n)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for i in range(0, stop, batch_size):
-        yield np.sort(order[i : i + batch_size])  # sorted: faster reads from memory-mapped maps
-
-
-def maps_to_tensor(
-    maps: np.ndarray, index: np.ndarray, device, flip: np.ndarray | None = None
-) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(maps[index])).to(device=device, dtype=torch.float32)
-    if flip is not None and flip.any():
-        f = torch.from_numpy(flip).to(device)
-        x[f] = x[f].flip(-1)
-    return x
 
 
 def train_ide(

@@ -15,6 +15,20 @@ with ``finetune="full"`` reads ``images`` instead of ``maps``) overrides it on t
 
 ``encode`` returns codes as an (N, bits) uint8 array of 0/1; packing and search are the core's job.
 As in scikit-learn, ``__init__`` only stores hyperparameters and learned state ends in ``_``.
+
+Optional declarations of a method class:
+
+``run_options``   hyperparameters that the runner fills from the run-level option of the same name when
+                  the user did not set them (``--param``); e.g. a deep method's ``finetune`` takes the
+                  run's ``--finetune``. Empty by default.
+``code_layout``   ``code_layout(schema=None)``: the named bit ranges ``{name: (start, stop)}`` of a
+                  structured code, in bit order (DeepSSH: one segment per attribute group, then
+                  ``"identity"``), or ``None`` (the default) for a code without named parts. Before
+                  ``fit`` a method may still give the layout it would use for ``schema``, so that a
+                  cell's layout can be recorded without refitting it.
+
+What the runner lends ``fit`` (never files) is a :class:`Context`. Deep methods are built on the public
+base :mod:`hashbench.deep`.
 """
 
 from __future__ import annotations
@@ -73,14 +87,21 @@ class View:
 
 @dataclass
 class Context:
-    """What the runner lends a method for training: never files, only resources and metadata."""
+    """What the runner lends a method for training: never files, only resources and metadata.
+
+    ``device``: the torch device to train on; ``schema``: the dataset's attribute schema (or ``None``);
+    ``backbone``: the :class:`hashbench.backbones.Backbone`, for methods that consume ``"maps"`` or
+    ``"images"``; ``cut``: the backbone cut the trunk maps were computed at (``None``: the backbone's
+    default cut); ``finetune``: the run-level ``--finetune`` (``"top"`` or ``"full"``); ``progress``:
+    whether a method may show progress bars; ``extras``: anything else, by name.
+    """
 
     device: str = "cpu"
     schema: AttributeSchema | None = None
     backbone: Any = None  # hashbench.backbones.Backbone, for methods that consume "maps"
+    cut: str | None = None
+    finetune: str = "top"
     progress: bool = False
-    cut: str | None = None  # the backbone cut the trunk maps were taken at (None: the backbone's default)
-    finetune: str = "top"  # the run-level --finetune
     extras: dict = field(default_factory=dict)
 
 
@@ -91,6 +112,8 @@ class HashMethod(ABC):
     description: ClassVar[str]
     consumes: ClassVar[frozenset[str]] = frozenset({"features"})
     supervised: ClassVar[bool] = False
+    # hyperparameters the runner fills from the run-level options of the same name when the user did not
+    # set them (e.g. "finetune" of the deep methods); see the module docstring
     run_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, bits: int, seed: int = 0) -> None:
@@ -106,7 +129,9 @@ class HashMethod(ABC):
         """Binary codes of ``view``: (N, bits) uint8 in {0, 1}."""
 
     def code_layout(self, schema: AttributeSchema | None = None) -> dict[str, tuple[int, int]] | None:
-        """Named bit ranges of a structured code, or ``None``."""
+        """Named bit ranges ``{name: (start, stop)}`` of a structured code, in bit order; ``None`` (the
+        default) when the code has no named parts. A fitted method gives the layout it learned with;
+        before ``fit``, the one it would use for ``schema`` if it can tell (else ``None``)."""
         return None
 
     def get_params(self) -> dict[str, Any]:

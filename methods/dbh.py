@@ -43,9 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hashbench.deep import DeepHashing, HashLayer
 from hashbench.method import Context, View
-
-from ._deep import DeepHashing, HashLayer, random_batches
 
 
 class LatentHashHead(nn.Module):
@@ -69,6 +68,7 @@ class DBH(DeepHashing):
     description = (
         "deep binary hashing (Lin et al. 2015): top + sigmoid latent layer, identity softmax; whole image"
     )
+    sampler = "random"  # shuffled batches of batch_size images, as the IDE stage
 
     def __init__(
         self,
@@ -99,9 +99,6 @@ class DBH(DeepHashing):
         self.batch_size = int(batch_size)
         self.label_smoothing = float(label_smoothing)
         self.bn = bool(bn)
-
-    def batches(self, labels, rng):
-        return random_batches(len(labels), self.batch_size, rng)
 
     def build_head(self, channels: int, n_ids: int, train: View, context: Context) -> nn.Module:
         return LatentHashHead(channels, self.bits, n_ids, self.bn)

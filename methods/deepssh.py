@@ -14,7 +14,7 @@ Network (one network, as the abstract says)
 The backbone's top (a fresh ImageNet copy of MobileNetV2 blocks 14-18 on the cached block-13 trunk
 maps, ``finetune="top"``; with ``finetune="full"`` the whole backbone from pixels, as DBH and PDH) ->
 global average pooling ``f`` (1280-d) -> a BatchNorm "neck" ``t = BN(f)`` (Luo et al., "Bag of tricks",
-2019) -> the hash layer ``pre = BN(W t)`` (:class:`~._deep.HashLayer`) with the relaxation
+2019) -> the hash layer ``pre = BN(W t)`` (:class:`~hashbench.deep.HashLayer`) with the relaxation
 ``z = tanh(pre)`` in [-1, 1]^bits; the code is ``pre > 0`` (i.e. ``sign(z)``).
 
 Structured code (``segments_``)
@@ -54,8 +54,8 @@ On the relaxed code ``z`` (the output):
   cross-entropy with ``label_smoothing`` (a normalised classifier ranks by the code's angle, which is
   the Hamming distance for binary codes; a plain linear classifier on ``bits`` inputs needs its step
   size rescaled with the length, see DBH);
-- ``triplet_weight`` x batch-hard triplet (Hermans et al. 2017, :func:`~._deep.triplet_loss`) on the
-  L2-normalised relaxed codes, P x K batches (:func:`~._deep.pk_batches`): distance ``2 - 2 cos``
+- ``triplet_weight`` x batch-hard triplet (Hermans et al. 2017, :func:`~hashbench.deep.triplet_loss`) on the
+  L2-normalised relaxed codes, P x K batches (:func:`~hashbench.deep.pk_batches`): distance ``2 - 2 cos``
   (``= 4 x`` the Hamming fraction for binary codes), ``margin`` in those units; the normalisation
   keeps the triplet from being met by saturating ``tanh`` alone;
 - ``attr_weight`` x attribute prediction from the semantic slices: the mean over groups of the
@@ -115,10 +115,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from hashbench.data import AttributeSchema
+from hashbench.deep import DeepHashing, HashLayer, normalised, triplet_loss
 from hashbench.errors import HashbenchError
 from hashbench.method import Context, View
-
-from ._deep import DeepHashing, HashLayer, normalised, triplet_loss
 
 IDENTITY = "identity"
 
@@ -434,6 +433,15 @@ class DeepSSH(DeepHashing):
         return total, stats
 
     # -- semantics of the code -------------------------------------------------------------------------
+    def code_layout(self, schema: AttributeSchema | None = None) -> dict[str, tuple[int, int]] | None:
+        """The segments of the code: ``segments_`` once fitted, else the :func:`semantic_layout` of
+        ``schema`` (``None`` without one)."""
+        if hasattr(self, "segments_"):
+            return dict(self.segments_)
+        if schema is None:
+            return None
+        return semantic_layout(schema, self.bits, self.semantic_fraction)
+
     def _group_index(self, key: int | str) -> int:
         g = self.schema_.index(key) if isinstance(key, str) else int(key)
         if not 0 <= g < len(self.schema_):

@@ -9,7 +9,7 @@ the paper leaves open. "-CNN" (as in the DeepSSH paper's table): the input is th
 
 Algorithm (as in the paper)
 ---------------------------
-- Kernel features: ``k(x) = phi(x) - mu`` with ``phi`` the RBF anchor map (:mod:`._kernel`) and ``mu``
+- Kernel features: ``k(x) = phi(x) - mu`` with ``phi`` the RBF anchor map (:mod:`hashbench.kernel`) and ``mu``
   the mean of ``phi`` over the whole training split (zero-centred, as in the paper and release).
 - Hash functions ``h_k(x) = sgn(k(x)^T a_k)``, bit 1 where the projection is > 0.
 - A labelled subset of ``l`` training images; ``S_ij = +1`` for the same identity, ``-1`` otherwise
@@ -84,9 +84,8 @@ from scipy import linalg
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 from hashbench.errors import HashbenchError
+from hashbench.kernel import RBFAnchorMap
 from hashbench.method import HashMethod, View, sign_to_bits
-
-from ._kernel import RBFAnchorMap
 
 
 def _smooth(t: np.ndarray) -> np.ndarray:

@@ -80,10 +80,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hashbench.deep import DeepHashing, HashLayer, normalised, split_bits, triplet_loss
 from hashbench.errors import HashbenchError
 from hashbench.method import Context, View
-
-from ._deep import DeepHashing, HashLayer, normalised, split_bits, triplet_loss
 
 # the authors' strips of a 128-row image, rows 1-48, 33-80, 49-96, 81-128, as fractions of the height
 PAPER_STRIPS = ((0 / 128, 48 / 128), (32 / 128, 80 / 128), (48 / 128, 96 / 128), (80 / 128, 128 / 128))

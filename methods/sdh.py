@@ -9,7 +9,7 @@ BN-neck output), the same features every other shallow method sees.
 
 Model (as in the paper, row-sample notation)
 --------------------------------------------
-``phi(x)``: the RBF anchor map (:mod:`._kernel`) with a constant 1 appended (the release's bias
+``phi(x)``: the RBF anchor map (:mod:`hashbench.kernel`) with a constant 1 appended (the release's bias
 column); hash functions ``F(x) = phi(x) P``, codes ``B in {-1, 1}^{n x L}``, identities one-hot
 ``Y (n x C)``, linear classifier ``W (L x C)``:
 
@@ -75,9 +75,8 @@ from scipy import linalg, sparse
 from threadpoolctl import ThreadpoolController
 
 from hashbench.errors import HashbenchError
+from hashbench.kernel import RBFAnchorMap
 from hashbench.method import HashMethod, View, sign_to_bits
-
-from ._kernel import RBFAnchorMap
 
 
 @functools.cache

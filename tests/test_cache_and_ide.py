@@ -8,7 +8,8 @@ from hashbench.backbones import resolve_weights
 from hashbench.backbones.mobilenetv2 import MobileNetV2
 from hashbench.errors import HashbenchError
 from hashbench.features import FeatureCache, resolve_device
-from hashbench.ide import IDEConfig, train_ide, warmup_cosine
+from hashbench.ide import IDEConfig, train_ide
+from hashbench.training import warmup_cosine
 from hashbench_datasets.synthetic import SyntheticPedestrians
 
 SIZE = (64, 32)

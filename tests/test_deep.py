@@ -1,26 +1,33 @@
-"""Deep hashing (methods/_deep.py, DBH, PDH): sampler, strips, losses, training, part codes, finetune=full."""
+"""Deep hashing (hashbench/deep.py, DBH, PDH): sampler, strips, losses, training, part codes, finetune=full."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from hashbench.errors import HashbenchError
-from hashbench.features import ImageSource
-from hashbench.method import View, check_codes
-from hashbench.runner import RunConfig, make_method
-from hashbench_methods._deep import (
+from hashbench.backbones.mobilenetv2 import MobileNetV2
+from hashbench.deep import (
+    DeepHashing,
+    HashLayer,
     inference_copy,
+    make_body,
     normalised,
     pk_batches,
+    random_batches,
     region_rows,
     split_bits,
     triplet_loss,
 )
+from hashbench.errors import HashbenchError
+from hashbench.features import ImageSource
+from hashbench.method import Context, View, check_codes
+from hashbench.runner import RunConfig, make_method
 from hashbench_methods.dbh import DBH
+from hashbench_methods.deepssh import DeepSSH
 from hashbench_methods.pdh import PAPER_STRIPS, PDH
 
 MAPS = frozenset({"maps"})
@@ -41,6 +48,57 @@ def test_pk_batches_balanced_and_covering():
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
     with pytest.raises(HashbenchError):
         pk_batches(labels, 11, 2, np.random.default_rng(0))
+
+
+class Bare(DeepHashing):
+    """A deep method that declares the default sampler ("pk") but has no P, K hyperparameters."""
+
+    name = "bare"
+
+    def __init__(self, bits, seed=0, finetune="top"):
+        super().__init__(
+            bits,
+            seed,
+            epochs=1,
+            lr=0.1,
+            head_lr_mult=1.0,
+            weight_decay=0.0,
+            warmup_epochs=0.0,
+            flip=False,
+            finetune=finetune,
+        )
+
+    def build_head(self, channels, n_ids, train, context):
+        return HashLayer(channels, self.bits)
+
+    def loss(self, out, targets):
+        return out["pre"].sum(), {}
+
+
+def test_the_sampler_is_declared():
+    assert DeepHashing.sampler == "pk" and PDH.sampler == "pk" and DBH.sampler == "random"
+    labels = np.repeat(np.arange(20), 5)
+    for method, expected in [
+        (PDH(bits=32, P=4, K=3), lambda rng: pk_batches(labels, 4, 3, rng)),
+        (DBH(bits=32, batch_size=16), lambda rng: random_batches(len(labels), 16, rng)),
+    ]:
+        got = method.batches(labels, np.random.default_rng(5))
+        want = expected(np.random.default_rng(5))
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    view = View("train", labels, np.zeros_like(labels), maps=np.zeros((100, 4, 2, 2), np.float16))
+    # a "pk" method without P, K stops in one line, before any work (here: before the missing backbone)
+    with pytest.raises(
+        HashbenchError, match=r"^bare: sampler 'pk' needs the hyperparameter\(s\) P, K"
+    ) as err:
+        Bare(bits=16).fit(view, Context())
+    assert "\n" not in str(err.value)
+    odd = Bare(bits=16)
+    odd.sampler = "shuffled"
+    with pytest.raises(HashbenchError, match="sampler 'shuffled': expected one of 'pk', 'random'"):
+        odd.fit(view, Context())
+    odd.sampler = "custom"  # declared, but batches() is not overridden
+    with pytest.raises(HashbenchError, match="sampler 'custom' declared, but batches"):
+        odd.batches(labels, np.random.default_rng(0))
 
 
 def test_paper_strips_on_maps_and_images():
@@ -86,6 +144,30 @@ def test_hyperparameters_and_finetune_injection():
         PDH(bits=128, K=1)
     method = make_method(PDH, 256, RunConfig(finetune="full", method_params={"pdh": {"epochs": 1}}))
     assert method.finetune == "full" and method.epochs == 1 and method.get_params()["finetune"] == "full"
+    for cls in (DBH, PDH, DeepSSH):  # finetune is declared a run option, and is a hyperparameter
+        assert cls.run_options == frozenset({"finetune"}) <= set(inspect.signature(cls.__init__).parameters)
+
+
+def test_make_body_takes_the_cut_from_the_context():
+    backbone = MobileNetV2(weights="none")
+    n = len(backbone.stages())
+
+    def top_stages(context):
+        body, channels, trunk_params = make_body(context, "top")
+        assert channels == backbone.out_channels and trunk_params == []
+        return len(body)
+
+    assert Context().cut is None and Context().finetune == "top"
+    assert top_stages(Context(backbone=backbone)) == n - backbone.cuts[backbone.default_cut]
+    assert top_stages(Context(backbone=backbone, cut="block16")) == n - backbone.cuts["block16"]
+    assert top_stages(Context(backbone=backbone, extras={"cut": "block10"})) == n - backbone.cuts["block10"]
+    both = Context(backbone=backbone, cut="block16", extras={"cut": "block10"})  # the field wins
+    assert top_stages(both) == n - backbone.cuts["block16"]
+    body, _, trunk_params = make_body(Context(backbone=backbone, cut="block6"), "full")
+    assert len(body[0]) == backbone.cuts["block6"] and len(body[1]) == n - backbone.cuts["block6"]
+    assert trunk_params and all(p.requires_grad for p in trunk_params)
+    with pytest.raises(HashbenchError, match="unknown cut 'nope'"):
+        make_body(Context(backbone=backbone, cut="nope"), "top")
 
 
 def test_pdh_head_step_scales_with_the_part_length():

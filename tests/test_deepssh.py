@@ -12,6 +12,7 @@ from hashbench.features import ImageSource
 from hashbench.method import View, check_codes
 from hashbench.runner import RunConfig, make_method
 from hashbench_methods.deepssh import IDENTITY, DeepSSH, codebook, semantic_layout
+from hashbench_methods.lsh import LSH
 
 MAPS = frozenset({"maps", "attributes"})
 
@@ -99,6 +100,18 @@ def test_segments_cover_every_bit_and_every_group(ssh64, synthetic_bench):
     schema = synthetic_bench.context().schema
     check_tiling(ssh64.segments_, schema, 64)
     assert ssh64.segments_[IDENTITY] == (18, 64)  # 0.25 x 64 = 16, raised to the 18 the groups need
+
+
+def test_code_layout_is_the_fitted_segments_else_the_layout_of_the_schema(ssh64, synthetic_bench):
+    schema = synthetic_bench.context().schema
+    assert ssh64.code_layout() == ssh64.segments_ == ssh64.code_layout(MARKET)  # fitted: its own
+    starts = [a for a, _ in ssh64.code_layout().values()]
+    assert starts == sorted(starts) and starts[0] == 0  # in bit order
+    fresh = DeepSSH(bits=128, semantic_fraction=0.3)
+    assert fresh.code_layout() is None and not hasattr(fresh, "segments_")
+    assert fresh.code_layout(MARKET) == semantic_layout(MARKET, 128, 0.3)
+    assert DeepSSH(bits=64).code_layout(schema) == ssh64.segments_  # what fit would use
+    assert LSH(bits=64).code_layout(schema) is None  # the default: no named parts
 
 
 def test_semantic_segment_predicts_attributes(ssh64, synthetic_bench):

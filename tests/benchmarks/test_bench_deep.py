@@ -36,9 +36,7 @@ def batch():
     per_id = np.stack([rng.integers(-1 if k == 2 else 0, k, N_IDS) for k in GROUPS.values()], 1)
     attributes = per_id[pids].astype(np.int16)  # identity-level; binary groups a third unknown (-1)
     view = View("train", pids, np.ones_like(pids), maps=maps, attributes=attributes)
-    context = Context(
-        device="cpu", schema=SCHEMA, backbone=MobileNetV2(weights="none"), extras={"cut": "block13"}
-    )
+    context = Context(device="cpu", schema=SCHEMA, backbone=MobileNetV2(weights="none"), cut="block13")
     return view, context
 
 

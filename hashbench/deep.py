@@ -1,25 +1,45 @@
-"""Shared machinery of the deep hashing methods (DBH, PDH, DeepSSH): network, sampler, training loop.
+"""The deep-method base: network, sampler, training loop and encoding of a deep hashing method.
+
+DBH, PDH and DeepSSH (``hashbench_methods``) are built on it, and so is any third-party deep method:
+this module, :mod:`hashbench.method` and :mod:`hashbench.training` are public, and a deep method needs
+nothing else of hashbench.
 
 A deep method trains its own copy of the backbone's top (the stages after the cut, initialised from
 ImageNet, *not* from the IDE checkpoint) plus its hash layer(s), on the cached trunk maps of the training
 split (``finetune="top"``, CPU friendly), or the whole backbone from pixels (``finetune="full"``: a
 trainable copy of the trunk in front of the top; meant for a CUDA device).
 
-A method is a small subclass of :class:`DeepHashing` that defines
+Writing a deep method
+---------------------
+Subclass :class:`DeepHashing`; its ``__init__`` lists the method's hyperparameters with their defaults
+and passes the common ones (see :class:`DeepHashing`) to ``super().__init__``. Then define
 
 - ``build_head(channels, n_ids, train, context)``: an ``nn.Module`` that maps the pooled region features
   ``(B, R, C)`` to a dict with at least ``"pre"`` (``(B, bits)`` pre-activations of the hash layer; the
-  code is ``pre > 0``, i.e. the sigmoid relaxation thresholded at 0.5) and whatever its loss needs;
+  code is ``pre > 0``, i.e. the sigmoid relaxation thresholded at 0.5) and whatever its loss needs
+  (:class:`HashLayer` is a linear hash layer);
 - ``loss(out, targets)``: the scalar training loss and a dict of float statistics for the log
   (``targets["ids"]``: identity indices 0..n_ids-1, ``targets["attributes"]`` when the view has them);
-- optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`) and ``batches``
-  (the sampler: P x K identity-balanced batches by default, see :func:`pk_batches`).
+- ``sampler``, a class attribute: the batches of an epoch. ``"pk"`` (the default): P x K
+  identity-balanced batches (:func:`pk_batches`), the method sets ``self.P`` and ``self.K`` (usually
+  hyperparameters of the same names); ``"random"``: uniformly shuffled batches of ``self.batch_size``
+  images (:func:`random_batches`); ``"custom"``: the method overrides :meth:`DeepHashing.batches`. A
+  ``"pk"`` or ``"random"`` method without its hyperparameters stops at the start of ``fit`` with one
+  line;
+- optionally ``regions`` / ``region_mode`` (horizontal parts, see :class:`HashNet`),
+  ``head_param_groups`` (the head's learning rates) and ``code_layout`` (the named bit ranges of a
+  structured code, see :meth:`hashbench.method.HashMethod.code_layout`).
 
-Everything else is here: the body (top, or trunk + top), region pooling, device handling from
-``context.device``, SGD with Nesterov momentum, linear warm-up + cosine decay (:func:`hashbench.ide.
-warmup_cosine`), horizontal-flip augmentation (:func:`hashbench.ide.maps_to_tensor`), determinism for a
-seed, a tqdm bar per epoch when ``context.progress``, a per-epoch log in ``history_``, and ``encode`` in
-eval mode in batches.
+and register the class like any method (a ``hashbench_register_methods`` hook implementation in a
+module of the ``hashbench`` entry-point group, see :mod:`hashbench.hookspecs`). ``methods/dbh.py`` is a
+complete one; ``tests/deep_plugin_fixture.py`` a minimal third-party one.
+
+Everything else is here: the body (top, or trunk + top, at ``context.cut``), region pooling, device
+handling from ``context.device``, SGD with Nesterov momentum, linear warm-up + cosine decay
+(:func:`hashbench.training.warmup_cosine`), horizontal-flip augmentation
+(:func:`hashbench.training.maps_to_tensor`), determinism for a seed, a tqdm bar per epoch when
+``context.progress``, a per-epoch log in ``history_``, ``encode`` in eval mode in batches, and the
+``finetune`` hyperparameter, declared a run option (``run_options``) so that it follows ``--finetune``.
 
 Regions are horizontal strips given as fractions of the height, ``(start, end)`` with 0 the top. On an
 input of height ``H`` a strip covers rows ``floor(start * H) .. ceil(end * H) - 1``. On MobileNetV2's
@@ -44,9 +64,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hashbench.errors import HashbenchError
-from hashbench.ide import iterate_batches, label_index, maps_to_tensor, warmup_cosine
-from hashbench.method import Context, HashMethod, View
+from .errors import HashbenchError
+from .method import Context, HashMethod, View
+from .training import iterate_batches, label_index, maps_to_tensor, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +124,26 @@ def pk_batches(labels: np.ndarray, p: int, k: int, rng: np.random.Generator) -> 
     return batches
 
 
+def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of uniformly shuffled batches (the last incomplete one dropped), as the IDE stage."""
+    return list(iterate_batches(n, batch_size, rng))
+
+
+# the samplers a deep method declares (``DeepHashing.sampler``) and the hyperparameters each reads
+SAMPLERS: dict[str, tuple[str, ...]] = {"pk": ("P", "K"), "random": ("batch_size",), "custom": ()}
+
+
 # -- network ------------------------------------------------------------------------------------------
 def make_body(context: Context, finetune: str) -> tuple[nn.Module, int, list[nn.Parameter]]:
-    """The trainable body: a fresh ImageNet copy of the top, preceded by a trainable trunk copy for
+    """The trainable body: a fresh ImageNet copy of the top at ``context.cut`` (else
+    ``context.extras["cut"]``, else the backbone's default cut), preceded by a trainable trunk copy for
     ``finetune="full"``. Returns the body, its output channels and the trunk's parameters (to get a
     smaller learning rate)."""
     backbone = context.backbone
     if backbone is None:
         raise HashbenchError("deep methods need the backbone in their context (context.backbone)")
-    cut = context.cut or context.extras.get("cut", backbone.default_cut)
+    # context.cut; the runner's older context.extras["cut"]; else the backbone's default cut
+    cut = context.cut if context.cut is not None else context.extras.get("cut", backbone.default_cut)
     top = backbone.top(cut)
     if finetune == "top":
         return top, backbone.out_channels, []
@@ -268,12 +299,14 @@ class DeepHashing(HashMethod):
     - ``warmup_epochs``: linear warm-up, then cosine decay to 0 at the last step;
     - ``flip``: horizontal flips of the maps or images, probability 0.5;
     - ``finetune``: ``"top"`` trains on the cached trunk maps; ``"full"`` trains the whole backbone from
-      pixels (``consumes`` becomes ``{"images"}``).
+      pixels (``consumes`` becomes ``{"images"}``). A run option (``run_options``): unless set with
+      ``--param``, the runner passes the run's ``--finetune``.
     """
 
     consumes: ClassVar[frozenset[str]] = frozenset({"maps"})
     supervised = True
-    run_options: ClassVar[frozenset[str]] = frozenset({"finetune"})
+    sampler: ClassVar[str] = "pk"  # the batches of an epoch, one of SAMPLERS (see the module docstring)
+    run_options: ClassVar[frozenset[str]] = frozenset({"finetune"})  # the runner's --finetune
     regions: Sequence[tuple[float, float]] = WHOLE
     region_mode: str = "crop"
     momentum: ClassVar[float] = 0.9
@@ -322,8 +355,28 @@ class DeepHashing(HashMethod):
         return [{"params": list(head.parameters()), "lr": self.lr * self.head_lr_mult}]
 
     def batches(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        """One epoch of training batches (row indices); default P x K (needs ``self.P``, ``self.K``)."""
-        return pk_batches(labels, self.P, self.K, rng)
+        """One epoch of training batches (row indices), from the declared ``sampler``: ``"pk"``:
+        :func:`pk_batches` of ``self.P`` x ``self.K``; ``"random"``: :func:`random_batches` of
+        ``self.batch_size``. A ``"custom"`` method overrides this."""
+        self.check_sampler()
+        if self.sampler == "pk":
+            return pk_batches(labels, self.P, self.K, rng)
+        return random_batches(len(labels), self.batch_size, rng)  # "random" (check_sampler says so)
+
+    def check_sampler(self) -> None:
+        """The declared ``sampler`` is known and the hyperparameters it reads are set (one-line error)."""
+        if self.sampler not in SAMPLERS:
+            raise HashbenchError(
+                f"{self.name}: sampler {self.sampler!r}: expected one of {', '.join(map(repr, SAMPLERS))}"
+            )
+        if self.sampler == "custom" and type(self).batches is DeepHashing.batches:
+            raise HashbenchError(f"{self.name}: sampler 'custom' declared, but batches() is not overridden")
+        missing = [k for k in SAMPLERS[self.sampler] if getattr(self, k, None) is None]
+        if missing:
+            raise HashbenchError(
+                f"{self.name}: sampler {self.sampler!r} needs the hyperparameter(s) {', '.join(missing)} "
+                f"(set self.{', self.'.join(missing)} in __init__), or declare another sampler"
+            )
 
     # -- training -----------------------------------------------------------------------------------
     def _source(self, view: View):
@@ -331,6 +384,7 @@ class DeepHashing(HashMethod):
 
     def fit(self, train: View, context: Context | None = None) -> DeepHashing:
         context = context or Context()
+        self.check_sampler()  # before any work: a method that lacks its sampler's hyperparameters
         device = torch.device(context.device)
         self._progress = context.progress
         if self.finetune == "full" and device.type == "cpu":
@@ -447,8 +501,3 @@ def inference_copy(model: HashNet) -> HashNet:
     fast = copy.copy(model)  # shares the head; only the body is new
     fast._modules = dict(model._modules, body=body.to(memory_format=torch.channels_last))
     return fast
-
-
-def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of uniformly shuffled batches (the last incomplete one dropped), as the IDE stage."""
-    return list(iterate_batches(n, batch_size, rng))

@@ -1,4 +1,4 @@
-"""RBF anchor mapping shared by KSH and SDH (one implementation for both).
+"""RBF anchor map of the kernel hashing methods (KSH and SDH use it; a plugin may too).
 
 ``phi(x) = [exp(-||x - a_1||^2 / (2 sigma^2)), ..., exp(-||x - a_m||^2 / (2 sigma^2))]`` against ``m``
 anchors ``a_j`` taken from the training features.

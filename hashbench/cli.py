@@ -219,13 +219,21 @@ def cmd_query(args) -> int:
 
 def cmd_show(args) -> int:
     import json
+    import re
 
     from .configs import find_config
     from .results import ResultStore
 
     folder, record = find_config(args.config_hash, Path(args.results))
     print(f"# {folder / 'configs.jsonl'}: {record['config_hash']}")
-    print(json.dumps(record, indent=2, sort_keys=True))
+    # short lists (a layout's [start, stop], an input size) on one line
+    print(
+        re.sub(
+            r"\[\s+([^\[\]{}]*?)\s+\]",
+            lambda m: "[" + " ".join(m[1].split()) + "]",
+            json.dumps(record, indent=2, sort_keys=True),
+        )
+    )
     rows = [r.values for r in ResultStore(folder).rows() if r.config_hash == record["config_hash"]]
     print(f"\n# rows of {folder / 'results.csv'} with this config_hash: {len(rows)}")
     for row in rows:

@@ -20,9 +20,9 @@ before the cell's row (a cell finished earlier and not yet recorded is recorded 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from .durable import atomic_write_bytes, folder_lock
 from .errors import HashbenchError
 from .keys import digest_of
 
@@ -56,26 +56,21 @@ def record_config(results_dir: Path, record: dict) -> bool:
     """Add ``record`` to ``configs.jsonl`` unless its hash is there already; returns whether it was added.
 
     The record's ``config`` must digest to its ``config_hash`` (a record that does not describe its row
-    is a bug, never written). The file is rewritten atomically (written beside, fsynced, replaced).
+    is a bug, never written). The file is rewritten atomically (written beside, fsynced, replaced), under
+    the folder lock (:func:`hashbench.durable.folder_lock`).
     """
     if digest_of(record["config"]) != record["config_hash"]:
         raise ValueError(
             f"record of {record['config_hash']}: its config digests to {digest_of(record['config'])}"
         )
-    known = read_configs(results_dir)
-    if record["config_hash"] in known:
-        return False
     path = configs_path(results_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(old + json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with folder_lock(path.parent):  # another run may be adding its record
+        if record["config_hash"] in read_configs(results_dir):
+            return False
+        old = path.read_bytes() if path.is_file() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        atomic_write_bytes(path, old + (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
     return True
 
 

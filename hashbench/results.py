@@ -21,10 +21,9 @@ import csv
 import datetime as _dt
 import io
 import logging
-import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .durable import atomic_write, atomic_write_bytes, folder_lock, sweep_temps
 from .errors import HashbenchError
 
 log = logging.getLogger(__name__)
@@ -122,26 +122,33 @@ class ResultTable:
     columns: tuple[str, ...]
     rows: tuple[StoredRow, ...]
     frame: pd.DataFrame = field(repr=False)
+    damaged: tuple[DamagedLine, ...] = ()  # the lines left out (:func:`scan_csv`)
 
     def latest(self, key: Sequence[str] = CELL_KEY) -> list[StoredRow]:
         """The latest row of each cell (:func:`latest_positions`), in (date, file) order."""
         return [self.rows[i] for i in latest_positions(self.frame, key)]
 
 
-def read_results(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS) -> ResultTable:
+def read_results(
+    path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS, warn: bool = True
+) -> ResultTable:
     """Read a results store: a CSV file, or a directory holding ``results.csv``.
 
-    Errors are one line naming the file: missing, empty, not a readable CSV, a ``required`` column
-    missing, a metric that is not a number, a ``bits`` that is not a positive integer.
+    Damaged lines (:func:`scan_csv`, :func:`check_result_row`) are left out of the table and listed in
+    its :attr:`~ResultTable.damaged`, with one warning (unless ``warn`` is false). Errors are one line
+    naming the file: missing, empty, not UTF-8 text or not CSV in its header, a ``required`` column
+    missing.
     """
     path = Path(path)
     csv_path = path / CSV_NAME if path.is_dir() else path
     if not csv_path.is_file():
         raise HashbenchError(f"results file {csv_path} not found")
-    try:
-        data = csv_path.read_bytes()
-    except OSError as exc:
-        raise HashbenchError(f"results file {csv_path} cannot be read: {exc.strerror or exc}") from None
+    scan = scan_csv(csv_path, check_result_row, what="results file")
+    if not scan.header:
+        raise HashbenchError(f"results file {csv_path} is empty (no header)")
+    if warn and scan.damaged:
+        log.warning("%s", damage_message(csv_path, scan.damaged))
+    data = scan.good_bytes()
     try:
         frame = pd.read_csv(io.BytesIO(data), dtype=_TEXT_COLUMNS)
         # the same bytes, every field as its text: what a row's ``values`` keep
@@ -152,7 +159,143 @@ def read_results(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS) -
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise HashbenchError(f"results file {csv_path} is not a readable CSV: {first}") from None
     frame = check_frame(frame, str(csv_path), required)
-    return ResultTable(csv_path, tuple(frame.columns), _typed_rows(frame, text), frame)
+    return ResultTable(csv_path, tuple(frame.columns), _typed_rows(frame, text), frame, scan.damaged)
+
+
+# ------------------------------------------------------------------------------------ damaged lines
+
+
+@dataclass(frozen=True)
+class DamagedLine:
+    """A line of a store's CSV that is left out: ``line`` its 1-based number, ``reason`` why."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScannedCsv:
+    """A CSV read line by line (:func:`scan_csv`): its header, its good lines and its damaged ones."""
+
+    path: Path
+    header: tuple[str, ...]  # empty for an empty file
+    header_raw: bytes
+    good: tuple[
+        tuple[bytes, dict[str, str]], ...
+    ]  # each good line as written (with its line end), its fields
+    damaged: tuple[DamagedLine, ...]
+
+    def good_bytes(self) -> bytes:
+        return self.header_raw + b"".join(raw for raw, _ in self.good)
+
+
+def scan_csv(
+    path: Path, check_row: Callable[[dict[str, str]], str | None] | None = None, what: str = "file"
+) -> ScannedCsv:
+    """Read a CSV a store wrote, one line at a time, so that no line can damage another.
+
+    A line after the header is **damaged** when it is (in this order): the last line and has no line end
+    (half-written: a run killed mid-write, a full disk); not UTF-8 text; not one CSV record (an
+    unterminated quote); a record of another number of fields than the header; or refused by
+    ``check_row`` (its fields by column name -> a reason, or ``None``). Blank lines are skipped. The
+    stores never write a field holding a line break, so a record is one line.
+
+    A header that is not UTF-8 text or not CSV makes the whole file unreadable: a one-line
+    :class:`HashbenchError` naming it (``what`` names the kind of file).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HashbenchError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    if not data.strip():
+        return ScannedCsv(path, (), b"", (), ())
+    pieces = data.split(b"\n")  # the last piece is what follows the last line end (b"" if none)
+    first = pieces[0]
+    try:
+        header = next(csv.reader([first.decode("utf-8-sig").rstrip("\r")], strict=True), [])
+    except UnicodeDecodeError:
+        raise HashbenchError(f"{what} {path} is not a readable CSV: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise HashbenchError(f"{what} {path} is not a readable CSV: header: {exc}") from None
+    if not header or any(not name.isprintable() for name in header):
+        raise HashbenchError(f"{what} {path} is not a readable CSV: its first line is not a header")
+    good: list[tuple[bytes, dict[str, str]]] = []
+    damaged: list[DamagedLine] = []
+    last = len(pieces) - 1
+    for i, piece in enumerate(pieces[1:], 1):
+        if not piece.strip():
+            continue
+        reason = None
+        fields: list[str] = []
+        if i == last:
+            reason = "half-written (no line end)"
+        else:
+            try:
+                fields = next(csv.reader([piece.decode("utf-8").rstrip("\r")], strict=True), [])
+                if len(fields) != len(header):
+                    reason = f"{len(fields)} fields, expected {len(header)}"
+            except UnicodeDecodeError:
+                reason = "not UTF-8 text"
+            except csv.Error as exc:
+                reason = f"not a CSV record ({exc})"
+        values = dict(zip(header, fields, strict=False))
+        if reason is None and check_row is not None:
+            reason = check_row(values)
+        if reason is None:
+            good.append((piece + b"\n", values))
+        else:
+            damaged.append(DamagedLine(i + 1, reason))
+    header_raw = first + b"\n"
+    return ScannedCsv(path, tuple(header), header_raw, tuple(good), tuple(damaged))
+
+
+def check_result_row(values: dict[str, str]) -> str | None:
+    """Why a row of a store's CSV is damaged, or ``None``: an empty ``dataset`` or ``method``, a ``bits``
+    neither empty (a real-valued reference) nor a positive integer, a metric neither empty nor a number.
+    (Columns the file does not have are not checked.)"""
+    for name in ("dataset", "method"):
+        if name in values and not values[name].strip():
+            return f"empty {name}"
+    if "bits" in values and _bits_of(values["bits"]) == -1:
+        return f"bits {values['bits']!r} is not a positive integer"
+    for name in (*METRICS, *(c for c in values if c[:1] == "r" and c[1:].isdigit())):
+        text = values.get(name, "").strip()
+        if text:
+            try:
+                float(text)
+            except ValueError:
+                return f"{name} {text!r} is not a number"
+    return None
+
+
+def _bits_of(text: str) -> int | None:
+    """``bits`` as written: ``None`` when empty, -1 when not a positive integer."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return -1
+    return int(value) if value > 0 and value % 1 == 0 else -1
+
+
+def _key_of(values: dict[str, str]) -> tuple[str, str, int | None, str]:
+    """(dataset, method, bits, config_hash) of a row as written."""
+    return (
+        values.get("dataset", "").strip(),
+        values.get("method", "").strip(),
+        _bits_of(values.get("bits", "")),
+        values.get("config_hash", ""),
+    )
+
+
+def damage_message(path: Path, damaged: Sequence[DamagedLine], consequence: str = "left out") -> str:
+    """One line for a file's damaged lines (the first five named)."""
+    named = "; ".join(f"line {d.line} ({d.reason})" for d in damaged[:5])
+    more = f"; and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+    return f"{path}: {len(damaged)} damaged line(s) {consequence}: {named}{more}"
 
 
 def check_frame(
@@ -278,19 +421,28 @@ def device_name(device: str) -> str:
 
 
 class ResultStore:
-    """A results directory: ``results.csv`` plus the ``cells/`` artifacts."""
+    """A results directory: ``results.csv`` plus ``cmc.csv``, ``attribute_queries.csv`` and the
+    ``cells/`` artifacts.
+
+    Every write is atomic (:func:`hashbench.durable.atomic_write`) and made under the folder lock
+    (:func:`hashbench.durable.folder_lock`); adding rows reads the file, drops its damaged lines (reported
+    once per store) and rewrites it whole, so a good row is never lost and a damaged one never kept.
+    """
 
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
         self.csv = self.out / CSV_NAME
         self.cmc_csv = self.out / CMC_NAME
+        self._reported: set[tuple[Path, DamagedLine]] = set()
 
     def rows(self) -> list[StoredRow]:
-        """The stored rows in file order (:func:`read_results`); none before the first cell."""
+        """The stored rows in file order (:func:`read_results`), its damaged lines left out (and
+        reported once); none before the first cell."""
         if not self.csv.is_file() or self.csv.stat().st_size == 0:
             return []
-        table = read_results(self.csv, required=())
+        table = read_results(self.csv, required=(), warn=False)
         _check_header(self.csv, list(table.columns), ResultRow.columns())
+        self._report(self.csv, table.damaged)
         return list(table.rows)
 
     def finished(self, dataset: str, method: str, bits: int | None, config_hash: str) -> StoredRow | None:
@@ -298,14 +450,21 @@ class ResultStore:
         want = (dataset, method, bits, config_hash)
         return next((row for row in self.rows() if row.key == want), None)
 
+    def sweep(self) -> None:
+        """Remove the temp files of runs killed mid-write (:func:`hashbench.durable.sweep_temps`)."""
+        if not self.out.is_dir():
+            return
+        with folder_lock(self.out):
+            removed = sweep_temps(self.out)
+        if removed:
+            log.info("%s: removed %d temp file(s) of interrupted runs", self.out, len(removed))
+
     def artifact_path(self, method: str, bits: int | None, config_hash: str) -> Path:
         return self.out / "cells" / f"{method}-{bits if bits is not None else 'float'}-{config_hash}.npz"
 
     def save_artifact(self, path: Path, **arrays: np.ndarray) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        with folder_lock(self.out):
+            atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         return str(path.relative_to(self.out))
 
     @staticmethod
@@ -318,60 +477,86 @@ class ResultStore:
         import torch
 
         path = self.method_path(artifact)
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            torch.save(method, tmp)
+            with folder_lock(self.out):
+                atomic_write(path, lambda f: torch.save(method, f))
+        except HashbenchError:
+            raise
         except Exception as exc:  # a plugin holding something unpicklable must not lose the cell
-            tmp.unlink(missing_ok=True)
             log.warning(
                 "fitted method not saved to %s: %s", path, str(exc).splitlines()[0] if str(exc) else exc
             )
             return None
-        os.replace(tmp, path)
         return path
 
     def save_attribute_queries(self, rows: list[dict]) -> None:
         """Write a cell's attribute-query rows to ``attribute_queries.csv``, replacing any earlier rows of
         the same (dataset, method, bits, config_hash) (a cell killed after this and re-run), atomically."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / AQ_NAME
-        keys = {(str(r["dataset"]), str(r["method"]), str(r["bits"]), str(r["config_hash"])) for r in rows}
-        kept = []
-        if path.exists():
-            with open(path, newline="") as f:
-                kept = [
-                    r
-                    for r in csv.DictReader(f)
-                    if (r.get("dataset"), r.get("method"), r.get("bits"), r.get("config_hash")) not in keys
-                ]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(AQ_COLUMNS), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-            writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        new = [{k: str(_fmt(v)) for k, v in r.items() if k in AQ_COLUMNS} for r in rows]
+        with folder_lock(self.out):
+            self._store(self.out / AQ_NAME, list(AQ_COLUMNS), new, replace=True)
 
-    def append(self, row: ResultRow, cmc: np.ndarray) -> None:
-        """Append the cell's CMC curve to ``cmc.csv``, then its row to ``results.csv`` (the commit mark)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        bits = "" if row.bits is None else row.bits
+    def append(self, row: ResultRow, cmc: np.ndarray) -> bool:
+        """Add the cell's CMC curve to ``cmc.csv``, then its row to ``results.csv`` (the commit mark), under
+        the folder lock. A no-op when the cell's key is stored already (another run finished it): returns
+        whether the row was added."""
+        bits = "" if row.bits is None else str(row.bits)
         key = {"dataset": row.dataset, "method": row.method, "bits": bits, "config_hash": row.config_hash}
         ranks = [f"r{k}" for k in range(1, len(cmc) + 1)]
-        _append_csv(
-            self.cmc_csv,
-            [*CMC_KEY, *ranks],
-            {**key, **{r: f"{v:.6f}" for r, v in zip(ranks, cmc, strict=True)}},
-        )
-        values = {k: _fmt(v) for k, v in asdict(row).items()}
-        _append_csv(self.csv, ResultRow.columns(), {**values, "bits": bits})
+        values = {k: str(_fmt(v)) for k, v in asdict(row).items()} | {"bits": bits}
+        with folder_lock(self.out):
+            if _key_of(values) in {_key_of(v) for _, v in self._scan(self.csv, ResultRow.columns()).good}:
+                log.info("%s: %s @ %s already stored (another run); not added", self.csv, row.method, bits)
+                return False
+            cmc_row = {**key, **{r: f"{v:.6f}" for r, v in zip(ranks, cmc, strict=True)}}
+            self._store(self.cmc_csv, [*CMC_KEY, *ranks], [cmc_row], replace=True)
+            self._store(self.csv, ResultRow.columns(), [values], replace=False)
+        return True
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _report(self, path: Path, damaged: Sequence[DamagedLine]) -> None:
+        new = [d for d in damaged if (path, d) not in self._reported]
+        if new:
+            self._reported.update((path, d) for d in new)
+            log.warning("%s", damage_message(path, new, "dropped (their cells count as not finished)"))
+
+    def _scan(self, path: Path, columns: list[str]) -> ScannedCsv:
+        scan = scan_csv(path, check_result_row, what="results file") if path.is_file() else None
+        if scan is None or not scan.header:
+            return ScannedCsv(path, (), b"", (), ())
+        _check_header(path, list(scan.header), columns)
+        self._report(path, scan.damaged)
+        return scan
+
+    def _store(self, path: Path, columns: list[str], rows: list[dict], replace: bool) -> None:
+        """Rewrite ``path`` (the caller holds the folder lock): its good lines as written, then ``rows``.
+        ``replace``: earlier rows of the same key go; else a row whose key is there already is not added.
+        A file of an older version (its header a subset of ``columns``) is rewritten under ``columns``."""
+        scan = self._scan(path, columns)
+        keys = {_key_of(r) for r in rows}
+        kept = [(raw, v) for raw, v in scan.good if not (replace and _key_of(v) in keys)]
+        if not replace:
+            there = {_key_of(v) for _, v in kept}
+            rows = [r for r in rows if _key_of(r) not in there]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, restval="", extrasaction="ignore")
+        if list(scan.header) == columns:
+            head = scan.header_raw + b"".join(raw for raw, _ in kept)
+        else:
+            writer.writeheader()
+            writer.writerows(v for _, v in kept)
+            head = b""
+            if scan.header:
+                added = ", ".join(c for c in columns if c not in scan.header)
+                log.info("%s: added column(s) %s", path, added)
+        writer.writerows(rows)
+        atomic_write_bytes(path, head + out.getvalue().encode("utf-8"))
 
 
 def _check_header(path: Path, header: list[str], columns: list[str]) -> None:
     """A stored CSV must hold the key columns and no column this version does not write (an older
-    version's file, missing only later columns, is fine: :func:`_append_csv` extends it)."""
+    version's file, missing only later columns, is fine: :meth:`ResultStore._store` extends it)."""
     unknown = [c for c in header if c not in columns]
     if unknown:
         raise HashbenchError(
@@ -382,35 +567,6 @@ def _check_header(path: Path, header: list[str], columns: list[str]) -> None:
         raise HashbenchError(f"{path}: missing column(s) {', '.join(missing)}; write to another --out")
 
 
-def _append_csv(path: Path, columns: list[str], row: dict) -> None:
-    """Append ``row``; a file written by an older version (its header a subset of ``columns``) is first
-    rewritten, atomically, under the new header (the new columns empty in its rows)."""
-    new = not path.exists() or path.stat().st_size == 0
-    if not new:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            old_rows = None if header == columns else list(reader)
-        if old_rows is not None:
-            _check_header(path, header, columns)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns, restval="")
-                writer.writeheader()
-                writer.writerows(old_rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            log.info("%s: added column(s) %s", path, ", ".join(c for c in columns if c not in header))
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.4f}"
@@ -418,6 +574,7 @@ def _fmt(v):
 
 
 __all__ = [
+    "DamagedLine",
     "ResultRow",
     "ResultStore",
     "ResultTable",
@@ -429,5 +586,6 @@ __all__ = [
     "latest_rows",
     "now",
     "read_results",
+    "scan_csv",
     "__version__",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__, search
 from .configs import read_configs, record_config
+from .durable import claim
 from .errors import HashbenchError
 from .features import resolve_device
 from .keys import digest_of
@@ -111,6 +112,7 @@ def run(
     check_method_params(methods, registry, config.method_params)
     resolve_device(config.device)  # a bad --device fails before any data is read
     store = ResultStore(config.results_dir())
+    store.sweep()  # temp files of a run killed mid-write
     seed_everything(config.seed)
     commit = git_commit()  # the code that runs is the code at start
     pipe = Pipeline.setup(config, registry)
@@ -192,7 +194,8 @@ def run(
             on_row(row)
 
     q, g = pipe.splits.arrays["query"], pipe.splits.arrays["gallery"]
-    if do_reference:
+
+    def compute_reference() -> None:
         fq, fg = pipe.inputs["features"]["query"], pipe.inputs["features"]["gallery"]
         t_cell = t0 = time.perf_counter()
         ranking = search.float_rank(fq, fg, metric="cosine")
@@ -214,12 +217,17 @@ def run(
         )
         log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
 
-    for k, (name, bits, method, cfg, chash, done) in enumerate(grid, 1):
+    if do_reference:
+        with claim(store.out, ref_hash) as mine:  # another run into this folder may hold it
+            if not mine:
+                log.info("%s: being computed by another run, skipped", REFERENCE)
+            elif store.finished(pipe.name, REFERENCE, None, ref_hash) is not None:
+                log.info("%s: finished by another run, skipped", REFERENCE)
+            else:
+                compute_reference()
+
+    def compute_cell(name: str, bits: int, method: HashMethod, cfg: dict, chash: str, tag: str) -> None:
         consumes = method.consumes  # may depend on the method's hyperparameters (finetune)
-        tag = f"cell {k}/{len(grid)} {name} @ {bits} bits"
-        if done:
-            log.info("%s: finished earlier, skipped", tag)
-            continue
         log.info("%s: training", tag)
         seed_everything(config.seed)
         t_cell = time.perf_counter()
@@ -259,6 +267,19 @@ def run(
         emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art, t_cell)
         d = ev.to_dict()
         log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", tag, d["map"], d["rank1"], train_s)
+
+    for k, (name, bits, method, cfg, chash, done) in enumerate(grid, 1):
+        tag = f"cell {k}/{len(grid)} {name} @ {bits} bits"
+        if done:
+            log.info("%s: finished earlier, skipped", tag)
+            continue
+        with claim(store.out, chash) as mine:  # another run into this folder may hold it
+            if not mine:
+                log.info("%s: being computed by another run, skipped", tag)
+            elif store.finished(pipe.name, name, bits, chash) is not None:
+                log.info("%s: finished by another run, skipped", tag)
+            else:
+                compute_cell(name, bits, method, cfg, chash, tag)
     log.info("%s", wall_summary(rows, time.perf_counter() - t_run))
     return rows
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from numbers import Integral
 from pathlib import Path
 
 from .errors import HashbenchError
@@ -41,7 +42,10 @@ def check_writable_file(path: str | Path, option: str) -> Path:
     try:
         check_writable_dir(path.parent, option)
     except HashbenchError as exc:
-        raise HashbenchError(f"{option} {path}: {str(exc).split(': ', 1)[1]}") from None
+        reason = str(exc).split(": ", 1)[1]  # about the folder: say which, as it is not the file named
+        if not reason.startswith("cannot be created"):
+            reason = f"cannot be created: {path.parent} {reason.replace('folder is not', 'is not')}"
+        raise HashbenchError(f"{option} {path}: {reason}") from None
     return path
 
 
@@ -50,7 +54,7 @@ def check_bits(bits: Sequence[int]) -> None:
     distances are counted in uint16, codes packed in bytes); an error naming ``--bits`` before any work."""
     from .search import MAX_BITS
 
-    bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or b <= 0 or b % 8]
+    bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, Integral) or b <= 0 or b % 8]
     if not bits or bad:
         raise HashbenchError(f"--bits: code lengths must be positive multiples of 8 (got {bad or 'none'})")
     over = [b for b in bits if b > MAX_BITS]

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import fields
 from pathlib import Path
 
-from .checks import check_bits, check_writable_file
+from .checks import check_bits, check_writable_dir, check_writable_file
 from .errors import HashbenchError
 
 # powers of two up to 32768, the longest under the longest code length (hashbench.search.MAX_BITS)
@@ -150,6 +150,8 @@ def _one_length(text: str, option: str) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
+    if args.out:
+        check_writable_dir(args.out, "--out")
     report = write_report(
         args.results,
         out_dir=Path(args.out) if args.out else None,
@@ -175,6 +177,8 @@ def cmd_leaderboard(args) -> int:
             )
         print(f"{page} matches the results under {args.root}")
         return 0
+    if args.out:
+        check_writable_file(args.out, "--out")
     print(f"written: {leaderboard.write(Path(args.root), Path(args.out) if args.out else None)}")
     return 0
 
@@ -186,6 +190,8 @@ def cmd_explain(args) -> int:
     bits = parse_bits(args.bits) if args.bits else None
     if bits is not None and len(bits) != 1:
         raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    if args.out:
+        check_writable_dir(args.out, "--out")
     _, written = write_explain(args.results, methods, bits[0] if bits else None, args.out)
     print(written["md"].read_text())
     print("written: " + ", ".join(sorted(str(p) for p in written.values())))

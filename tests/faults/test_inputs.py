@@ -71,6 +71,25 @@ def test_query_out_that_is_a_folder_or_under_a_file(tmp_path, capsys, a_file):
     fails(capsys, [*base, "--out", str(a_file / "q.png")], "--out", f"{a_file} is a file")
 
 
+@pytest.mark.parametrize("command", ["report", "explain", "leaderboard"])
+def test_other_outs_under_a_file(tmp_path, capsys, a_file, command):
+    results = tmp_path / "res"
+    results.mkdir()
+    (results / "results.csv").write_text("dataset,method,bits\n")
+    fails(capsys, [command, str(results), "--out", str(a_file / "x")], "--out", f"{a_file} is a file")
+
+
+def test_an_unforeseen_oserror_on_a_path_is_one_line(tmp_path, capsys, monkeypatch):
+    from hashbench import cli
+
+    def broken(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.csv"))
+
+    monkeypatch.setattr(cli, "cmd_list", broken)  # the parser picks the command up when main builds it
+    fails(capsys, ["list"], str(tmp_path / "x.csv"), "Permission denied")
+    assert main(["-v", "list"]) == 2 and "Traceback" in capsys.readouterr().err
+
+
 def test_verbose_keeps_the_traceback(tmp_path, capsys, a_file):
     fails(capsys, run_args(tmp_path, "--out", str(a_file)), "--out", verbose=True)
 

@@ -223,3 +223,46 @@ def test_switch_turns_the_broken_plugin_off(bad_plugins, monkeypatch, capsys, ca
         assert main(["list"]) == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "  lsh " in capsys.readouterr().out
+
+
+def test_a_plugin_whose_hook_raises_or_whose_method_name_is_taken(tmp_path, monkeypatch, capsys, caplog):
+    site = tmp_path / "site"
+    site.mkdir()
+    install(
+        site,
+        "raising_plugin",
+        "raising",
+        """
+        from hashbench.hookspecs import hookimpl
+
+        @hookimpl
+        def hashbench_register_methods():
+            raise RuntimeError("no licence key")
+        """,
+    )
+    install(
+        site,
+        "shadow_plugin",
+        "shadow",
+        """
+        from hashbench.hookspecs import hookimpl
+        from hashbench_methods.lsh import LSH
+
+        class Shadow(LSH):
+            pass
+
+        @hookimpl
+        def hashbench_register_methods():
+            return [Shadow]
+        """,
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    with caplog.at_level(logging.WARNING):
+        assert main(["list"]) == 0
+    assert "hashbench_methods]" in capsys.readouterr().out.split("  lsh ")[1].splitlines()[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert any("'raising'" in w and "no licence key" in w and AUTOLOAD_ENV in w for w in warnings)
+    assert any("'shadow'" in w and "'lsh' registered twice" in w for w in warnings)
+    fails(capsys, run_args(tmp_path, "--methods", "raising"), "--methods raising", "no licence key")

@@ -384,7 +384,7 @@ def _fail(message: str, verbose: bool) -> int:
     """One line on stderr (after the traceback with ``-v``, for bug reports); exit status 2."""
     if verbose:
         traceback.print_exc()
-    print(f"hashbench: error: {message}", file=sys.stderr)
+    print(f"hashbench: error: {' '.join(message.split())}", file=sys.stderr)  # one line, always
     return 2
 
 

@@ -123,7 +123,7 @@ def read_lin_attributes(path: str | Path, data: bytes | None = None) -> Attribut
     pids = np.concatenate([s.pids for s in splits])
     values = np.stack(columns, axis=1) if columns else np.zeros((len(pids), 0), dtype=np.int16)
     pids, values = _dedupe(label, pids, values)
-    return AttributeTable(AttributeSchema(tuple(groups)), pids, values)
+    return AttributeTable(AttributeSchema(tuple(groups)), pids, values, source=label)
 
 
 def _read_splits(label: str, data: bytes | None) -> list[_Split]:

@@ -10,12 +10,15 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from dataclasses import fields
 from pathlib import Path
 
+from .checks import check_bits, check_writable_dir, check_writable_file
 from .errors import HashbenchError
 
-POWERS = [2**k for k in range(3, 17)]
+# powers of two up to 32768, the longest under the longest code length (hashbench.search.MAX_BITS)
+POWERS = [2**k for k in range(3, 16)]
 
 
 def parse_bits(text: str) -> list[int]:
@@ -37,6 +40,7 @@ def parse_bits(text: str) -> list[int]:
         raise HashbenchError(
             f"--bits {text!r}: code lengths must be positive multiples of 8 (got {bad or 'none'})"
         )
+    check_bits(bits)  # at most hashbench.search.MAX_BITS: Hamming distances are counted in uint16
     return sorted(set(bits))
 
 
@@ -146,6 +150,8 @@ def _one_length(text: str, option: str) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
+    if args.out:
+        check_writable_dir(args.out, "--out")
     report = write_report(
         args.results,
         out_dir=Path(args.out) if args.out else None,
@@ -171,6 +177,8 @@ def cmd_leaderboard(args) -> int:
             )
         print(f"{page} matches the results under {args.root}")
         return 0
+    if args.out:
+        check_writable_file(args.out, "--out")
     print(f"written: {leaderboard.write(Path(args.root), Path(args.out) if args.out else None)}")
     return 0
 
@@ -182,6 +190,8 @@ def cmd_explain(args) -> int:
     bits = parse_bits(args.bits) if args.bits else None
     if bits is not None and len(bits) != 1:
         raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    if args.out:
+        check_writable_dir(args.out, "--out")
     _, written = write_explain(args.results, methods, bits[0] if bits else None, args.out)
     print(written["md"].read_text())
     print("written: " + ", ".join(sorted(str(p) for p in written.values())))
@@ -196,6 +206,14 @@ def cmd_query(args) -> int:
         raise HashbenchError(f"--bits {args.bits}: expected one code length")
     if args.data_root is not None and not Path(args.data_root).exists():
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
+    if args.out:
+        check_writable_file(args.out, "--out")
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise HashbenchError(f"--cache-dir {args.cache_dir}: is a file, not a folder")
+    if args.image is not None or args.device != "cpu":
+        from .features import resolve_device
+
+        resolve_device(args.device)
     result = run_query(
         dataset=args.dataset,
         method=args.method,
@@ -249,7 +267,12 @@ def add_dataset_arguments(s: argparse.ArgumentParser, root_help: str, option_hel
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hashbench", description="Benchmark hashing methods for person re-id.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging; the traceback of an error (for bug reports)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="list the registered methods, datasets and backbones")
@@ -357,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str, verbose: bool) -> int:
+    """One line on stderr (after the traceback with ``-v``, for bug reports); exit status 2."""
+    if verbose:
+        traceback.print_exc()
+    print(f"hashbench: error: {' '.join(message.split())}", file=sys.stderr)  # one line, always
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -368,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except HashbenchError as exc:
-        print(f"hashbench: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), args.verbose)
+    except OSError as exc:  # a user path the checks did not foresee: still one line naming the file
+        if exc.filename is None:
+            raise
+        return _fail(f"{exc.filename}: {exc.strerror or exc}", args.verbose)
     except KeyboardInterrupt:
         print(
             "hashbench: interrupted; finished cells are saved, re-run the same command to resume",

@@ -110,6 +110,7 @@ class AttributeTable:
     schema: AttributeSchema
     pids: np.ndarray  # (n_ids,) int64
     values: np.ndarray  # (n_ids, n_groups) int16, value codes, -1 unknown
+    source: str = ""  # the annotation file it was read from (for messages), "" when generated
 
     def __post_init__(self) -> None:
         self.pids = np.asarray(self.pids, dtype=np.int64)
@@ -129,6 +130,23 @@ class AttributeTable:
         hit = sorted_pids[pos] == pids
         out[hit] = self.values[order[pos[hit]]]
         return out
+
+
+def check_attribute_coverage(table: AttributeTable, splits: dict[str, np.ndarray], dataset: str) -> None:
+    """Fail when most identities of a split (junk and distractors aside) have no attributes in ``table``:
+    an annotation file of another dataset (or another version) would give meaningless attribute rows and
+    query hits. ``splits``: split label -> the pids of its records."""
+    annotated = set(table.pids.tolist())
+    for label, pids in splits.items():
+        ids = {int(p) for p in np.unique(pids) if p > 0}
+        hit = len(ids & annotated)
+        if ids and 2 * hit < len(ids):
+            where = table.source or f"the attributes of dataset {dataset!r}"
+            raise HashbenchError(
+                f"{where}: only {hit} of the {len(ids)} {label} identities of {dataset!r} are annotated in it "
+                "(an attribute file of another dataset?); pass this dataset's file with "
+                "--dataset-option attributes=PATH, or attributes=none"
+            )
 
 
 @dataclass(frozen=True)

@@ -45,15 +45,24 @@ def trunk_key(dataset: Dataset, backbone: Backbone, cut: str, input_size: tuple[
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` or ``cuda:N`` the GPU must exist (a clear error)."""
+    import re
+
     from .errors import HashbenchError
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HashbenchError("--device cuda: no CUDA device available (use --device auto or cpu)")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise HashbenchError(f"--device {device!r}: expected auto, cpu or cuda")
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device != "cpu" and match is None:
+        raise HashbenchError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N (N a device number)")
+    if match is not None:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not n:
+            raise HashbenchError(f"--device {device}: no CUDA device available (use --device auto or cpu)")
+        if match[1] is not None and int(match[1]) >= n:
+            raise HashbenchError(
+                f"--device {device}: no such CUDA device; {n} present (cuda:0 .. cuda:{n - 1})"
+            )
     return torch.device(device)
 
 

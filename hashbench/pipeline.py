@@ -33,7 +33,7 @@ import torch
 
 from . import metrics, search
 from .backbones import Backbone, to_tensor
-from .data import AttributeTable, Dataset, Splits, holdout_splits
+from .data import AttributeTable, Dataset, Splits, check_attribute_coverage, holdout_splits
 from .errors import HashbenchError
 from .features import FeatureCache, ImageSource, resolve_device, trunk_key
 from .ide import IDEConfig, IDEModel, adapted_features, embed_maps, load_ide_model
@@ -156,6 +156,14 @@ class Pipeline:
             self.name = f"{dataset.name}-holdout{config.holdout}"
         self.splits = splits
         self.attributes: AttributeTable | None = dataset.attributes()
+        if self.attributes is not None:  # another dataset's file: an error before any image is read
+            test = np.concatenate([splits.arrays["query"].pids, splits.arrays["gallery"].pids])
+            labels = ("training", "held-out") if config.holdout else ("training", "test")
+            check_attribute_coverage(
+                self.attributes,
+                dict(zip(labels, (splits.arrays["train"].pids, test), strict=True)),
+                self.name,
+            )
         self.device = resolve_device(config.device)
         self.cache_root = resolve_cache_dir(config.cache_dir)
         self.input_size = tuple(config.input_size or dataset.default_input_size)

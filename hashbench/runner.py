@@ -17,11 +17,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import __version__, search
+from .checks import check_bits, check_writable_dir
 from .configs import read_configs, record_config
 from .durable import claim
 from .errors import HashbenchError
 from .features import resolve_device
-from .keys import digest_of
+from .keys import digest_of, resolve_cache_dir
 from .method import HashMethod, check_codes
 from .pipeline import (
     REFERENCE,
@@ -111,6 +112,9 @@ def run(
         registry.method(name)  # unknown name: error before any work
     check_method_params(methods, registry, config.method_params)
     resolve_device(config.device)  # a bad --device fails before any data is read
+    check_bits(config.bits)
+    check_writable_dir(config.results_dir(), "--out")
+    check_writable_dir(resolve_cache_dir(config.cache_dir), "--cache-dir")
     store = ResultStore(config.results_dir())
     store.sweep()  # temp files of a run killed mid-write
     seed_everything(config.seed)

@@ -31,6 +31,9 @@ METRICS = ("euclidean", "cosine")
 _TILE_ROWS = 16
 _TILE_COLS = 8192
 _MAX_BITS = int(np.iinfo(np.uint16).max)
+# the longest code length there is: distances are counted in uint16 (at most 65535 differing bits) and
+# codes are packed in whole bytes, so 65528 bits (8189 bytes); the CLI and the runner refuse longer ones
+MAX_BITS = _MAX_BITS - _MAX_BITS % 8
 
 
 def bytes_per_code(bits: int) -> int:
@@ -39,8 +42,8 @@ def bytes_per_code(bits: int) -> int:
         raise HashbenchError(
             f"code length {bits} bits is not a positive multiple of 8; codes are packed in bytes"
         )
-    if bits > _MAX_BITS:
-        raise HashbenchError(f"code length {bits} bits is over the supported {_MAX_BITS}")
+    if bits > MAX_BITS:
+        raise HashbenchError(f"code length {bits} bits is over the supported {MAX_BITS}")
     return int(bits) // 8
 
 

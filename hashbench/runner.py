@@ -221,14 +221,18 @@ def run(
         )
         log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
 
-    if do_reference:
-        with claim(store.out, ref_hash) as mine:  # another run into this folder may hold it
+    def claimed(tag: str, method: str, bits: int | None, chash: str, compute: Callable[[], None]) -> None:
+        """Compute a cell unless another run into this folder holds it, or finished it meanwhile."""
+        with claim(store.out, chash) as mine:
             if not mine:
-                log.info("%s: being computed by another run, skipped", REFERENCE)
-            elif store.finished(pipe.name, REFERENCE, None, ref_hash) is not None:
-                log.info("%s: finished by another run, skipped", REFERENCE)
+                log.info("%s: being computed by another run, skipped", tag)
+            elif store.finished(pipe.name, method, bits, chash) is not None:
+                log.info("%s: finished by another run, skipped", tag)
             else:
-                compute_reference()
+                compute()
+
+    if do_reference:
+        claimed(REFERENCE, REFERENCE, None, ref_hash, compute_reference)
 
     def compute_cell(name: str, bits: int, method: HashMethod, cfg: dict, chash: str, tag: str) -> None:
         consumes = method.consumes  # may depend on the method's hyperparameters (finetune)
@@ -277,13 +281,7 @@ def run(
         if done:
             log.info("%s: finished earlier, skipped", tag)
             continue
-        with claim(store.out, chash) as mine:  # another run into this folder may hold it
-            if not mine:
-                log.info("%s: being computed by another run, skipped", tag)
-            elif store.finished(pipe.name, name, bits, chash) is not None:
-                log.info("%s: finished by another run, skipped", tag)
-            else:
-                compute_cell(name, bits, method, cfg, chash, tag)
+        claimed(tag, name, bits, chash, lambda: compute_cell(name, bits, method, cfg, chash, tag))  # noqa: B023
     log.info("%s", wall_summary(rows, time.perf_counter() - t_run))
     return rows
 

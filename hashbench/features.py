@@ -1,17 +1,19 @@
 """The feature cache: trunk outputs of every split, computed once and stored on disk.
 
 Layout: ``<cache>/trunk/<key>/<split>.npy`` (float16, N × C × H × W, memory-mapped on read) plus
-``meta.json``. The key is a digest of everything the maps depend on: the dataset's content digest,
-backbone name and weights digest, cut, input size and image transform. Extraction writes into
-``<split>.npy.part`` and records the rows done in ``<split>.rows``; a killed extraction resumes from
-the last completed batch, and a finished split is renamed into place atomically.
+``manifest.json`` (:mod:`hashbench.cache`: the key, the maps' shape, each split's size, SHA-256 and
+extraction seconds; verified on every read, a split that fails is reported and extracted again). The
+key is a digest of everything the maps depend on: the dataset's content digest, backbone name and
+weights digest, cut, input size and image transform. Extraction writes into ``<split>.npy.part`` and
+records the rows done (and the seconds spent) in ``<split>.rows``; a killed extraction resumes from
+the last completed batch, and a finished split is recorded in the manifest, then renamed into place.
+Extraction of a split holds its production lock, so two runs sharing a cache extract it once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -23,7 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import TRANSFORM_ID, Backbone, to_tensor
+from .cache import CacheEntry
 from .data import Dataset, Record
+from .durable import atomic_write_bytes
+from .errors import HashbenchError
 from .keys import TrunkKey, digest_of, resolve_cache_dir
 
 __all__ = ["FeatureCache", "ImageSource", "TrunkKey", "digest_of", "resolve_device", "trunk_key"]
@@ -47,8 +52,6 @@ def trunk_key(dataset: Dataset, backbone: Backbone, cut: str, input_size: tuple[
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` or ``cuda:N`` the GPU must exist (a clear error)."""
     import re
-
-    from .errors import HashbenchError
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,49 +102,73 @@ class FeatureCache:
         """
         key = key or trunk_key(dataset, backbone, cut, input_size)
         folder = self.trunk_dir(key)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta_path = folder / "meta.json"
-        if not meta_path.exists():
-            write_json(meta_path, {"key": asdict(key), "shape": backbone.trunk_shape(cut, input_size)})
-        shape = tuple(json.loads(meta_path.read_text())["shape"])
+        entry = CacheEntry(folder, asdict(key), "trunk maps", legacy=_legacy_meta(folder))
+        shape = tuple(backbone.trunk_shape(cut, input_size))
+        if entry.info.get("shape") is None:
+            entry.set_info(shape=list(shape))
+        elif tuple(entry.info["shape"]) != shape:
+            raise HashbenchError(
+                f"trunk maps cache {folder}: maps of shape {tuple(entry.info['shape'])}, the backbone gives "
+                f"{shape}; remove the folder and rerun"
+            )
         out, seconds = {}, 0.0
         trunk = None
         for split, recs in records.items():
-            path = folder / f"{split}.npy"
-            if not path.exists():
-                if trunk is None:  # channels_last: about 30 % faster on CPU for MobileNetV2
-                    trunk = backbone.trunk(cut).to(device, memory_format=torch.channels_last)
-                t0 = time.perf_counter()
-                self._extract(
-                    dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
-                )
-                elapsed = time.perf_counter() - t0
-                seconds += elapsed
-                meta = json.loads(meta_path.read_text())
-                meta.setdefault("extract_s", {})[split] = elapsed
-                write_json(meta_path, meta)
-            maps = np.load(path, mmap_mode="r")
+            name = f"{split}.npy"
+            path = entry.path(name)
+            if not entry.verified(name):
+                with entry.producing(name):
+                    if not entry.verified(name):  # else another run finished it while we waited
+                        if trunk is None:  # channels_last: about 30 % faster on CPU for MobileNetV2
+                            trunk = backbone.trunk(cut).to(device, memory_format=torch.channels_last)
+                        t0 = time.perf_counter()
+                        part, rows_file, before = self._extract(
+                            dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
+                        )
+                        now = time.perf_counter() - t0
+                        entry.commit(name, part, seconds=before + now)
+                        rows_file.unlink(missing_ok=True)
+                        seconds += now
+            try:
+                maps = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise HashbenchError(
+                    f"cached maps {path} cannot be read ({exc}); remove it and rerun"
+                ) from None
             if maps.shape != (len(recs), *shape):
-                raise RuntimeError(
-                    f"cached maps {path} have shape {maps.shape}, expected {(len(recs), *shape)}"
+                raise HashbenchError(
+                    f"cached maps {path} have shape {maps.shape}, expected {(len(recs), *shape)}; "
+                    "remove it and rerun"
                 )
             out[split] = maps
-        recorded = json.loads(meta_path.read_text()).get("extract_s", {})
         return out, {
             "extract_s": seconds,  # spent in this call
-            "extract_s_recorded": sum(recorded.get(s, 0.0) for s in records),  # when the cache was filled
+            # when the cache was filled (a resumed extraction: the runs' times together)
+            "extract_s_recorded": sum(entry.seconds(f"{s}.npy") for s in records),
             "cache_dir": str(folder),
             "key": key.digest(),
         }
 
     def _extract(
         self, dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
-    ) -> None:
+    ) -> tuple[Path, Path, float]:
+        """Fill ``<split>.npy.part`` (resuming at the rows its ``.rows`` file says are done); returns the
+        part, the rows file and the seconds earlier (killed) runs spent on it. The caller holds the
+        split's production lock, so the fixed part name has one writer."""
         part, rows_file = path.with_suffix(".npy.part"), path.with_suffix(".rows")
         n = len(recs)
-        done = int(rows_file.read_text()) if part.exists() and rows_file.exists() else 0
-        mode = "r+" if done else "w+"
-        arr = np.lib.format.open_memmap(part, mode=mode, dtype=np.float16, shape=(n, *shape))
+        done, before = _rows_done(rows_file) if part.exists() else (0, 0.0)
+        arr = None
+        if done:
+            try:
+                arr = np.lib.format.open_memmap(part, mode="r+")
+            except (OSError, ValueError):
+                arr = None
+            if arr is None or arr.shape != (n, *shape) or arr.dtype != np.float16 or done > n:
+                log.warning("partial trunk maps %s unusable; extracting %s from the start", part, split)
+                arr, done, before = None, 0, 0.0
+        if arr is None:
+            arr = np.lib.format.open_memmap(part, mode="w+", dtype=np.float16, shape=(n, *shape))
         if done:
             log.info("resuming %s extraction at row %d of %d", split, done, n)
         bar = tqdm(
@@ -155,6 +182,7 @@ class FeatureCache:
         )
         images = dataset.open_images(recs[done:])
         row = done
+        t0 = time.perf_counter()
         with torch.inference_mode():
             for batch in batched(images, batch_size):
                 x = to_tensor(batch, input_size).to(device, memory_format=torch.channels_last)
@@ -163,13 +191,49 @@ class FeatureCache:
                 row += len(batch)
                 if row % (batch_size * 16) == 0 or row == n:
                     arr.flush()
-                    rows_file.write_text(str(row))
+                    elapsed = before + time.perf_counter() - t0
+                    atomic_write_bytes(rows_file, json.dumps({"rows": row, "seconds": elapsed}).encode())
                 bar.update(len(batch))
         bar.close()
         arr.flush()
         del arr
-        os.replace(part, path)
-        rows_file.unlink(missing_ok=True)
+        return part, rows_file, before
+
+
+def _rows_done(rows_file: Path) -> tuple[int, float]:
+    """(rows done, seconds spent) of a partial extraction; a plain row count (older hashbench) or an
+    unreadable file count as no time / nothing done."""
+    try:
+        text = rows_file.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return 0, 0.0
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return 0, 0.0
+    if isinstance(obj, int):
+        return max(obj, 0), 0.0
+    if isinstance(obj, dict) and isinstance(obj.get("rows"), int):
+        sec = obj.get("seconds", 0.0)
+        return max(obj["rows"], 0), float(sec) if isinstance(sec, (int, float)) else 0.0
+    return 0, 0.0
+
+
+def _legacy_meta(folder: Path) -> dict:
+    """What an entry written before manifests recorded in its ``meta.json``: the maps' shape and the
+    seconds each split took (adopted into the manifest); ``{}`` when absent or unreadable."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    extract = meta.get("extract_s", {})
+    seconds = {f"{s}.npy": v for s, v in extract.items()} if isinstance(extract, dict) else {}
+    info = {"legacy_seconds": seconds}
+    if isinstance(meta.get("shape"), list):
+        info["shape"] = meta["shape"]
+    return info
 
 
 class ImageSource:
@@ -193,9 +257,3 @@ class ImageSource:
 
     def subset(self, index: Sequence[int]) -> ImageSource:
         return ImageSource(self.dataset, [self.records[i] for i in index], self.input_size)
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)

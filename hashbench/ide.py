@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .features import write_json
+from .cache import CacheEntry
+from .durable import atomic_write
+from .errors import HashbenchError
 from .training import iterate_batches, label_index, maps_to_tensor, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -100,14 +101,18 @@ def train_ide(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     history: list[dict] = []
     start = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start, history = state["epoch"], state["history"]
+    state = _read_checkpoint(checkpoint, device) if checkpoint is not None else None
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+            start, history = int(state["epoch"]), list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            log.warning("IDE checkpoint %s does not fit this training (%s); starting over", checkpoint, exc)
+            return train_ide(maps, pids, top, channels, config, device, None, progress, seed)
         log.info("resuming IDE training at epoch %d", start + 1)
     for epoch in range(start, config.epochs):
         model.train()
@@ -185,6 +190,26 @@ def embed_maps(
     return out
 
 
+def _read_checkpoint(checkpoint: Path, device) -> dict | None:
+    """The per-epoch checkpoint of a killed training (tensors and plain data only), or ``None``; a
+    damaged one is reported in one line and training starts over."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated, damaged, or holding a pickle payload: never executed
+        log.warning(
+            "IDE checkpoint %s cannot be read (%s); training from the start", checkpoint, _first_line(exc)
+        )
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def adapted_features(
     cache_root: Path,
     key: str,
@@ -202,43 +227,48 @@ def adapted_features(
     ``key`` is the stage's :func:`hashbench.keys.ide_key`, computed by the pipeline from the maps' key,
     ``config``, ``seed``, the backbone and the cut.
 
+    The entry (:class:`hashbench.cache.CacheEntry`) holds ``model.pt`` (the trained model's tensors and
+    its epoch log) and ``<split>.npy`` per split, each verified against the manifest on read. A split
+    that fails is embedded again with the model; a model that fails is trained again and every split
+    re-embedded with it, so features and model always belong together.
+
     ``info`` reports the cost of producing them (``ide_train_s``: sum of the epochs' times, resumed
     epochs included; ``ide_embed_s``: embedding all splits) whether they were computed now or read from
     the cache, so a results row never claims a cached stage was free.
     """
-    folder = ide_dir(cache_root, key)
-    folder.mkdir(parents=True, exist_ok=True)
-    final, timings_path = folder / "model.pt", folder / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {"embed_s": {}}
+    entry = ide_entry(cache_root, key)
+    splits = [f"{split}.npy" for split in maps]
+    if not entry.verified(MODEL) and any(entry.path(n).exists() for n in splits):
+        log.warning("IDE cache %s: no sound model; its features are rebuilt with a new one", entry.folder)
+        entry.discard(*splits)
     model, history = None, None
     feats: dict[str, np.ndarray] = {}
-    for split in maps:
-        path = folder / f"{split}.npy"
-        if path.exists():
-            feats[split] = np.load(path)
-            continue
-        if model is None:
-            model, history = _trained_model(
-                cache_root, key, maps, train_pids, backbone, cut, config, device, seed, progress
-            )
-        t0 = time.perf_counter()
-        feats[split] = embed_maps(
-            model, maps[split], device, progress=progress, desc=f"IDE features [{split}]"
-        )
-        timings["embed_s"][split] = time.perf_counter() - t0
-        tmp = folder / f"{split}.tmp.npy"
-        np.save(tmp, feats[split])
-        os.replace(tmp, path)
-        write_json(timings_path, timings)
-    if history is None and final.exists():
-        history = torch.load(final, map_location="cpu", weights_only=False)["history"]
+    for split, name in zip(maps, splits, strict=True):
+        if not entry.verified(name):
+            with entry.producing(name):
+                if not entry.verified(name):  # else another run embedded it while we waited
+                    if model is None:
+                        model, history = _trained_model(
+                            entry, maps, train_pids, backbone, cut, config, device, seed, progress
+                        )
+                    t0 = time.perf_counter()
+                    arr = embed_maps(
+                        model, maps[split], device, progress=progress, desc=f"IDE features [{split}]"
+                    )
+                    entry.commit_write(name, lambda f, a=arr: np.save(f, a), seconds=time.perf_counter() - t0)
+        feats[split] = _read_features(entry.path(name))
+    if history is None and entry.verified(MODEL):
+        history = _model_state(entry.path(MODEL), "cpu").get("history")
     info = {
         "ide_key": key,
         "ide_history": history,
         "ide_train_s": sum(h["seconds"] for h in history or ()),
-        "ide_embed_s": sum(timings["embed_s"].get(s, 0.0) for s in maps),
+        "ide_embed_s": sum(entry.seconds(n) for n in splits),
     }
     return feats, info
+
+
+MODEL = "model.pt"
 
 
 def ide_dir(cache_root: Path, key: str) -> Path:
@@ -246,48 +276,88 @@ def ide_dir(cache_root: Path, key: str) -> Path:
     return Path(cache_root) / "ide" / key
 
 
+def ide_entry(cache_root: Path, key: str) -> CacheEntry:
+    """The IDE stage's cache entry of key ``key`` (an entry of an older hashbench is adopted, its
+    ``timings.json`` seconds kept)."""
+    folder = ide_dir(cache_root, key)
+    legacy: dict = {}
+    try:
+        timings = json.loads((folder / "timings.json").read_text())
+        legacy = {"legacy_seconds": {f"{s}.npy": v for s, v in timings["embed_s"].items()}}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return CacheEntry(folder, {"ide_key": key}, "IDE features", legacy=legacy)
+
+
+def _read_features(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise HashbenchError(
+            f"cached IDE features {path} cannot be read ({exc}); remove it and rerun"
+        ) from None
+
+
+def _model_state(path: Path, device) -> dict:
+    """A verified ``model.pt``: tensors and plain data only (``weights_only``); one-line error else."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a pickle payload is refused here, never executed
+        raise HashbenchError(
+            f"IDE model {path} cannot be loaded as tensors ({_first_line(exc)}); remove it and rerun"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "n_classes" not in state:
+        raise HashbenchError(f"IDE model {path} is not a hashbench IDE model; remove it and rerun")
+    return state
+
+
 def load_ide_model(cache_root: Path, key: str, backbone, cut: str, device) -> tuple[IDEModel, list] | None:
     """The trained IDE model cached under ``key`` (eval mode on ``device``) and its per-epoch log, or
-    ``None`` when that stage has not been trained."""
-    final = ide_dir(cache_root, key) / "model.pt"
-    if not final.exists():
+    ``None`` when that stage has not been trained (or its model fails verification)."""
+    entry = ide_entry(cache_root, key)
+    if not entry.verified(MODEL):
         return None
-    state = torch.load(final, map_location=device, weights_only=False)
-    model = IDEModel(backbone.top(cut), backbone.out_channels, state["n_classes"]).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), state["history"]
+    return _build_model(entry.path(MODEL), backbone, cut, device)
 
 
-def _trained_model(cache_root, key, maps, train_pids, backbone, cut, config, device, seed, progress):
-    """The IDE model: loaded from the cache if trained before, else trained (resuming a checkpoint)."""
-    trained = load_ide_model(cache_root, key, backbone, cut, device)
-    if trained is not None:
-        return trained
-    folder = ide_dir(cache_root, key)
-    final, checkpoint = folder / "model.pt", folder / "checkpoint.pt"
-    model, history = train_ide(
-        maps["train"],
-        train_pids,
-        backbone.top(cut),
-        backbone.out_channels,
-        config,
-        device,
-        checkpoint=checkpoint,
-        progress=progress,
-        seed=seed,
-    )
-    state = {
-        "model": model.state_dict(),
-        "n_classes": model.classifier.out_features,
-        "history": history,
-        "config": {**asdict(config), "seed": seed},
-    }
-    _atomic_save(state, final)
-    checkpoint.unlink(missing_ok=True)
+def _build_model(path: Path, backbone, cut: str, device) -> tuple[IDEModel, list]:
+    state = _model_state(path, device)
+    model = IDEModel(backbone.top(cut), backbone.out_channels, int(state["n_classes"])).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise HashbenchError(f"IDE model {path} does not fit the backbone ({_first_line(exc)})") from None
+    return model.eval(), list(state.get("history") or [])
+
+
+def _trained_model(entry: CacheEntry, maps, train_pids, backbone, cut, config, device, seed, progress):
+    """The IDE model: loaded from the cache if trained before, else trained (resuming a checkpoint),
+    under the entry's production lock so that two runs sharing a cache train it once."""
+    with entry.producing(MODEL):
+        if entry.verified(MODEL):
+            return _build_model(entry.path(MODEL), backbone, cut, device)
+        checkpoint = entry.path("checkpoint.pt")
+        model, history = train_ide(
+            maps["train"],
+            train_pids,
+            backbone.top(cut),
+            backbone.out_channels,
+            config,
+            device,
+            checkpoint=checkpoint,
+            progress=progress,
+            seed=seed,
+        )
+        state = {
+            "model": model.state_dict(),
+            "n_classes": model.classifier.out_features,
+            "history": history,
+            "config": {**asdict(config), "seed": seed},
+        }
+        entry.commit_write(MODEL, lambda f: torch.save(state, f))
+        checkpoint.unlink(missing_ok=True)
     return model, history
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))

@@ -20,7 +20,7 @@ import numpy as np
 
 from .data import AttributeGroup, AttributeSchema
 from .errors import HashbenchError
-from .results import CSV_NAME, ResultStore, StoredRow, latest_rows, read_results
+from .results import CSV_NAME, ResultStore, StoredRow, artifact_file, latest_rows, read_results
 
 SPLITS = ("train", "query", "gallery")
 REQUIRED_COLUMNS = ("dataset", "method", "bits")  # what reading a cell back needs of results.csv
@@ -155,8 +155,8 @@ def load_cell(
             f"run `{run_hint(dataset, method, bits, results_dir)}` first"
         )
     artifact = row.artifact.strip()
-    path = results_dir / artifact
     hint = run_hint(row.dataset, method, bits, results_dir)
+    path = artifact_file(results_dir, artifact) if artifact else results_dir
     if not artifact or not path.is_file():
         raise HashbenchError(f"artifact {path} of {method} at {bits} bits not found: run `{hint}` first")
     try:

@@ -48,6 +48,7 @@ CELL_KEY = ("dataset", "method", "bits")  # one cell of a table: its latest row 
 # what the report needs of a results file; other readers ask for less (``read_results(required=...)``)
 REQUIRED_COLUMNS = ("dataset", "method", "bits", "map", "rank1", "date", "artifact")
 METRICS = {"map": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20"}
+_AQ_NUMBERS = ("n_attributes", "draws", "n_queries", "precision10")  # attribute_queries.csv
 _TEXT_COLUMNS = {"dataset": str, "method": str, "artifact": str, "config_hash": str}
 
 
@@ -162,6 +163,26 @@ def read_results(
     return ResultTable(csv_path, tuple(frame.columns), _typed_rows(frame, text), frame, scan.damaged)
 
 
+def read_store_frame(path: Path, what: str, **read_csv) -> pd.DataFrame | None:
+    """A side file of a results store (``cmc.csv``, ``attribute_queries.csv``) as a frame of its good
+    lines, or ``None`` when it does not exist. Damaged lines (:func:`scan_csv`, :func:`check_result_row`)
+    are left out with one warning, the rest kept; an unreadable file is a one-line error naming it.
+    ``read_csv``: options for :func:`pandas.read_csv` (dtypes)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    scan = scan_csv(path, check_result_row, what=what)
+    if not scan.header:
+        return None
+    if scan.damaged:
+        log.warning("%s", damage_message(path, scan.damaged))
+    try:
+        return pd.read_csv(io.BytesIO(scan.good_bytes()), **read_csv)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HashbenchError(f"{what} {path} is not a readable CSV: {first}") from None
+
+
 # ------------------------------------------------------------------------------------ damaged lines
 
 
@@ -259,7 +280,8 @@ def check_result_row(values: dict[str, str]) -> str | None:
             return f"empty {name}"
     if "bits" in values and _bits_of(values["bits"]) == -1:
         return f"bits {values['bits']!r} is not a positive integer"
-    for name in (*METRICS, *(c for c in values if c[:1] == "r" and c[1:].isdigit())):
+    numeric = (*METRICS, *_AQ_NUMBERS, *(c for c in values if c[:1] == "r" and c[1:].isdigit()))
+    for name in numeric:
         text = values.get(name, "").strip()
         if text:
             try:
@@ -379,6 +401,21 @@ def latest_rows(rows: Sequence[StoredRow], key: Sequence[str] = CELL_KEY) -> lis
         | {"date": pd.Series([r.date or None for r in rows], dtype=object)}
     )
     return [rows[i] for i in latest_positions(frame, key)]
+
+
+def artifact_file(results_dir: Path, artifact: str, csv_name: str = CSV_NAME) -> Path:
+    """The file an ``artifact`` value of ``results_dir/results.csv`` names, which must lie inside
+    ``results_dir`` (a relative path, no ``..`` out of it, no link leading out): a results folder
+    from elsewhere cannot make hashbench read other files. One-line error else."""
+    results_dir = Path(results_dir)
+    rel = Path(artifact.strip())
+    inside = results_dir.resolve()
+    target = (results_dir / rel).resolve()
+    if rel.is_absolute() or not target.is_relative_to(inside):
+        raise HashbenchError(
+            f"{results_dir / csv_name}: artifact {artifact.strip()!r} lies outside the results folder; refused"
+        )
+    return results_dir / rel
 
 
 def git_commit(path: Path | None = None) -> str:

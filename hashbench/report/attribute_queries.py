@@ -11,7 +11,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..errors import HashbenchError
-from ..results import AQ_NAME, latest_positions
+from ..results import AQ_NAME, latest_positions, read_store_frame
 from .figures import method_styles, new_figure, save_figure
 from .selection import dataset_title, method_order, select_latest
 from .tables import DASH, fmt_number, markdown_escape
@@ -36,12 +36,11 @@ def load_attribute_queries(
     :func:`hashbench.results.latest_positions`).
     """
     path = Path(results_dir) / AQ_NAME
-    if not path.is_file():
+    aq = read_store_frame(
+        path, "attribute-query file", dtype={"dataset": str, "method": str, "config_hash": str}
+    )
+    if aq is None:
         return None
-    try:
-        aq = pd.read_csv(path, dtype={"dataset": str, "method": str, "config_hash": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-        raise HashbenchError(f"{path} is not a readable CSV") from None
     missing = [c for c in ("dataset", "method", "bits", "n_attributes", *AQ_METRICS) if c not in aq.columns]
     if missing:
         raise HashbenchError(f"{path}: missing required column(s) {', '.join(missing)}")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HashbenchError
-from ..results import CMC_NAME
+from ..results import CMC_NAME, artifact_file, read_store_frame
 from .selection import dataset_title, method_order, select_latest
 from .tables import paper_tables
 
@@ -112,9 +112,9 @@ def plot_map_vs_bits(df: pd.DataFrame, path: str | Path, dataset: str | None = N
 def _read_cmc_table(results_dir: Path) -> dict[tuple[str, str, str, str], np.ndarray]:
     """CMC curves from ``cmc.csv`` (the committed copy), keyed by (dataset, method, bits, config_hash)."""
     path = results_dir / CMC_NAME
-    if not path.is_file():
+    table = read_store_frame(path, "CMC file", dtype={"bits": str, "config_hash": str}, keep_default_na=False)
+    if table is None:
         return {}
-    table = pd.read_csv(path, dtype={"bits": str, "config_hash": str}, keep_default_na=False)
     ranks = [c for c in table.columns if c.startswith("r") and c[1:].isdigit()]
     return {
         (str(r["dataset"]), str(r["method"]), str(r["bits"]), str(r["config_hash"])): r[ranks].to_numpy(float)
@@ -140,7 +140,7 @@ def _load_cmc(results_dir: Path, row: pd.Series, max_rank: int, table: dict | No
     artifact = row["artifact"]
     if pd.isna(artifact) or not str(artifact).strip():
         raise HashbenchError(f"results row {who}: empty artifact column, no CMC to plot")
-    file = results_dir / str(artifact).strip()
+    file = artifact_file(results_dir, str(artifact))
     if not file.is_file():
         raise HashbenchError(f"artifact {file} ({who}) not found")
     try:

@@ -127,3 +127,39 @@ def test_random_bytes_as_results_csv_are_a_one_line_error_naming_the_file(tmp_pa
                  "--dataset-option", "n_train_ids=16", "--dataset-option", "n_test_ids=16"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
+
+
+def test_damaged_lines_of_cmc_and_attribute_query_files_are_left_out_once_and_the_report_made(
+    tmp_path, caplog, cache
+):
+    config = tiny_run_config(tmp_path, methods=["lsh"], bits=[16], reference=False, cache_dir=cache)
+    run(config)
+    for name, junk in (("cmc.csv", b"synthetic,lsh,16,\xff\xfe,0.5\n"), ("attribute_queries.csv", b"x,y\n")):
+        path = config.out / name
+        head, *rest = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(head + junk + b"".join(rest) + b"synthetic,lsh,16,0.1")  # and a half-written end
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hashbench"):
+        assert main(["report", str(config.out), "--out", str(tmp_path / "rep"), "--cmc-bits", "16"]) == 0
+    damage = sorted(r.getMessage() for r in caplog.records if "damaged line" in r.getMessage())
+    assert len(damage) == 2, damage
+    assert str(config.out / "attribute_queries.csv") in damage[0] and "2 damaged line(s)" in damage[0]
+    assert str(config.out / "cmc.csv") in damage[1] and "line 2 (not UTF-8 text)" in damage[1]
+    assert (tmp_path / "rep" / "cmc_16.png").is_file()
+
+
+@pytest.mark.parametrize("artifact", ["../outside.npz", "/etc/passwd", "cells/../../outside.npz"])
+def test_an_artifact_path_leading_out_of_the_results_folder_is_refused(tmp_path, capsys, cache, artifact):
+    config = tiny_run_config(tmp_path, methods=["lsh"], bits=[16], reference=False, cache_dir=cache)
+    run(config)
+    np.savez(tmp_path / "outside.npz", cmc=np.ones(50))
+    path = config.out / "results.csv"
+    text = path.read_text()
+    (row,) = read_results(path, required=()).rows
+    path.write_text(text.replace(row.artifact, artifact))
+    (config.out / "cmc.csv").unlink()  # so that the report reads the artifact
+    report = ["report", str(config.out), "--out", str(tmp_path / "rep"), "--cmc-bits", "16"]
+    for argv in (report, ["explain", str(config.out)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "outside the results folder" in err and "Traceback" not in err

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,7 @@ def _read_splits(label: str, data: bytes | None) -> list[_Split]:
         raise HashbenchError(
             f"{label}: MATLAB v7.3 (HDF5) files are not supported; re-save it with -v7"
         ) from None
-    except (MatReadError, ValueError, TypeError, OSError, EOFError) as exc:
+    except (MatReadError, ValueError, TypeError, OSError, EOFError, zlib.error) as exc:
         raise HashbenchError(f"{label}: not a readable MATLAB .mat file ({exc})") from None
     for key, top in mat.items():
         if key.startswith("__") or not _is_struct(top):

@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,11 @@ class _ZipSource:
         return list(self._index().get(rel, ()))
 
     def read(self, rel: str) -> bytes:
-        return self._handle().read(rel)
+        """The member's bytes; a member that fails its CRC-32 or is cut off is a one-line error."""
+        try:
+            return self._handle().read(rel)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise HashbenchError(f"{self.label(rel)}: damaged zip member ({exc})") from None
 
     def label(self, rel: str) -> str:
         return f"{self.path}:{rel}"
@@ -285,6 +290,8 @@ class ReidFolderDataset(Dataset):
                 data = self._source.read(rel)
             except (KeyError, FileNotFoundError):
                 raise HashbenchError(f"{self._source.label(rel)}: no such image in the dataset") from None
+            except OSError as exc:
+                raise HashbenchError(f"{self._source.label(rel)}: cannot be read ({exc})") from None
             try:
                 with Image.open(io.BytesIO(data)) as image:
                     rgb = image.convert("RGB")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .durable import atomic_write_bytes, temp_path
+from .durable import atomic_write_bytes, sweep_temps, temp_path
 from .errors import HashbenchError
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,14 @@ class CacheEntry:
         self._lock = FileLock(self.folder / (MANIFEST + LOCK_SUFFIX))
         self.adopting = False
         with self._lock:
+            removed = sweep_temps(self.folder)  # of runs killed mid-write
+            if removed:
+                log.info(
+                    "%s cache %s: removed %d temp file(s) of interrupted runs",
+                    what,
+                    self.folder,
+                    len(removed),
+                )
             self._open(legacy or {})
 
     # -- the manifest -----------------------------------------------------------------------------

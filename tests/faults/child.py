@@ -30,14 +30,19 @@ def grid_config(out: Path, cache: Path):
     return tiny_run_config(out.parent, **GRID, out=out, cache_dir=cache)
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    if len(sys.argv) > 3:
-        slow, fsync = float(sys.argv[3]), os.fsync
+def main(argv: list[str]) -> None:
+    """``OUT CACHE [SLOW]``: the grid into OUT with its cache in CACHE (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr, force=True)
+    if len(argv) > 2:
+        slow, fsync = float(argv[2]), os.fsync
 
         def slow_fsync(fd: int) -> None:
             time.sleep(slow)
             fsync(fd)
 
         os.fsync = slow_fsync
-    run(grid_config(Path(sys.argv[1]), Path(sys.argv[2])))
+    run(grid_config(Path(argv[0]), Path(argv[1])))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

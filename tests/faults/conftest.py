@@ -47,3 +47,42 @@ def start_child(out: Path, cache: Path, log: Path, slow_fsync_s: float | None = 
 
 def temp_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name)
+
+
+class ForkServer:
+    """:mod:`tests.faults.forkserver`, driven from the test: ``run`` forks a child run, ``wait`` reaps it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.forkserver"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def _ask(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        assert answer, f"fork server died (status {self.proc.poll()})"
+        return answer.split()[1]
+
+    def run(self, out: Path, cache: Path, log: Path, slow_fsync_s: float | None = None) -> int:
+        return int(self._ask(f"run {out} {cache} {log} {'-' if slow_fsync_s is None else slow_fsync_s}"))
+
+    def wait(self, pid: int) -> int:
+        """The child's exit status, or minus the signal that killed it."""
+        return int(self._ask(f"wait {pid}"))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def forkserver():
+    server = ForkServer()
+    yield server
+    server.close()

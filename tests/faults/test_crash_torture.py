@@ -4,38 +4,49 @@ folder ends equal to an uninterrupted run, with no duplicate, no damaged row and
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
 
-from .conftest import stable_rows, start_child, temp_files
+from .conftest import stable_rows, temp_files
 
-KILL_MOMENTS = 8  # kill moments in all (each costs a child start, about 4 s on 2 cores)
+KILL_MOMENTS = 20  # kill moments in all (each a child forked by the fork server: no interpreter start)
 SEED = 19
 SLOW_FSYNC_S = 0.03  # each fsync of the child waits this long first: writes are about half of a cell's time
 KILL_WINDOW_S = 1.5  # a kill lands at most this long after the first cell began (about the cells' time)
 
 
-def run_killed(out, cache, log, delay: float | None) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a finished child not yet reaped is a zombie: not running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def run_killed(server, out, cache, log, delay: float | None) -> bool:
     """One child run into ``out``, SIGKILLed ``delay`` seconds after its first cell began (``None``: not
     killed); returns whether it was killed (False: it ended by itself, with status 0)."""
-    child = start_child(out, cache, log, SLOW_FSYNC_S)
+    log.touch()
     start = log.stat().st_size
+    pid = server.run(out, cache, log, SLOW_FSYNC_S)
     t_end = time.monotonic() + 120
-    while delay is not None and child.poll() is None and time.monotonic() < t_end:
+    while delay is not None and alive(pid) and time.monotonic() < t_end:
         if b": training" in log.read_bytes()[start:]:
             time.sleep(delay)
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL)
-                child.wait(timeout=60)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                assert server.wait(pid) == -signal.SIGKILL
                 return True
             break
         time.sleep(0.005)
-    assert child.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert server.wait(pid) == 0, log.read_text()[-3000:]
     return False
 
 
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(clean_run, tmp_path):
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(clean_run, forkserver, tmp_path):
     cache, clean = clean_run
     expected = stable_rows(clean)
     rng = random.Random(SEED)
@@ -46,13 +57,37 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(clean
         if folder is None:  # a new round: a fresh folder
             folder = tmp_path / f"round{len(folders)}"
             folders.append(folder)
-        if run_killed(folder, cache, log, rng.uniform(0, KILL_WINDOW_S)):
+        if run_killed(forkserver, folder, cache, log, rng.uniform(0, KILL_WINDOW_S)):
             kills += 1
         else:  # it ended before its moment: the grid is complete
             folder = None
     if folder is not None:
-        run_killed(folder, cache, log, None)  # the last round resumed to its end
+        run_killed(forkserver, folder, cache, log, None)  # the last round resumed to its end
     assert kills >= KILL_MOMENTS // 2, f"only {kills} of {KILL_MOMENTS} moments fell inside a run"
     for folder in folders:
         assert stable_rows(folder) == expected, folder.name
         assert temp_files(folder) == [], folder.name
+
+
+COLD_MOMENTS = 5  # kills while a fresh cache is filled (trunk extraction, IDE training and embedding)
+COLD_WINDOW_S = 4.0  # after the fork: about the time to fill the tiny set's cache
+
+
+def test_sigkill_while_the_cache_is_filled_then_resume_equals_an_uninterrupted_run(
+    clean_run, forkserver, tmp_path
+):
+    _, clean = clean_run
+    cache, out, log = tmp_path / "cache", tmp_path / "res", tmp_path / "log.txt"
+    rng = random.Random(SEED + 1)
+    log.touch()
+    for _ in range(COLD_MOMENTS):
+        pid = forkserver.run(out, cache, log, SLOW_FSYNC_S)
+        time.sleep(rng.uniform(0, COLD_WINDOW_S))
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        assert forkserver.wait(pid) in (0, -signal.SIGKILL), log.read_text()[-3000:]
+    assert forkserver.wait(forkserver.run(out, cache, log, None)) == 0, log.read_text()[-3000:]
+    assert stable_rows(out) == stable_rows(clean)
+    assert "rebuilding" not in log.read_text() and "Traceback" not in log.read_text()
+    leftovers = [p.name for p in cache.rglob("*") if p.suffix in (".part", ".rows", ".tmp")]
+    assert leftovers == []

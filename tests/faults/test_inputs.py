@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import textwrap
+import zipfile
 
 import pytest
+import scipy.io
 
 from hashbench.cli import main
+from hashbench.errors import HashbenchError
 from hashbench.registry import AUTOLOAD_ENV
 
 from ..test_datasets import MARKET_FILES, duke_mat, market_mat, write_tree
@@ -266,3 +269,42 @@ def test_a_plugin_whose_hook_raises_or_whose_method_name_is_taken(tmp_path, monk
     assert any("'raising'" in w and "no licence key" in w and AUTOLOAD_ENV in w for w in warnings)
     assert any("'shadow'" in w and "'lsh' registered twice" in w for w in warnings)
     fails(capsys, run_args(tmp_path, "--methods", "raising"), "--methods raising", "no licence key")
+
+
+def test_a_zip_member_with_a_bad_crc_is_one_line_naming_it(tmp_path):
+    from datasets.market1501 import Market1501
+
+    from ..test_datasets import MARKET_TOP, zip_tree
+
+    inner = tmp_path / "tree" / MARKET_TOP
+    write_tree(inner, MARKET_FILES)
+    zip_path = zip_tree(inner, tmp_path / f"{MARKET_TOP}.zip")  # stored: the member's bytes lie as written
+    data = bytearray(zip_path.read_bytes())
+    info = zipfile.ZipFile(zip_path).infolist()
+    member = next(i for i in info if i.filename.endswith(".jpg") and "bounding_box_train" in i.filename)
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    data[start + member.compress_size // 2] ^= 0xFF  # one flipped byte: the CRC-32 fails
+    zip_path.write_bytes(bytes(data))
+    dataset = Market1501(root=zip_path, attributes=None)
+    records = [r for r in dataset.splits()["train"] if member.filename.endswith(r.source.rpartition("/")[2])]
+    with pytest.raises(HashbenchError) as err:
+        list(dataset.open_images(records))
+    assert (
+        "\n" not in str(err.value)
+        and member.filename in str(err.value)
+        and "damaged zip member" in str(err.value)
+    )
+
+
+def test_a_damaged_attribute_mat_is_one_line_naming_it(tmp_path):
+    from datasets._lin_attributes import read_lin_attributes
+
+    plain = market_mat(tmp_path / "plain.mat")
+    path = tmp_path / "market_attribute.mat"  # compressed, as the distributed file is
+    scipy.io.savemat(path, scipy.io.loadmat(plain), do_compression=True)
+    data = bytearray(path.read_bytes())
+    data[300:340] = bytes(40)  # inside the compressed variable
+    path.write_bytes(bytes(data))
+    with pytest.raises(HashbenchError) as err:
+        read_lin_attributes(str(path))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..durable import temp_path
 from ..errors import HashbenchError
 from ..hookspecs import hookimpl
 from ..keys import resolve_cache_dir
@@ -95,7 +96,13 @@ class Backbone(nn.Module):
             return self
         source = self.imagenet_source() if self.weights == "imagenet" else self.weights
         path = resolve_weights(source, cache_dir)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # damaged, not a torch file, or a pickle payload (refused, not executed)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HashbenchError(
+                f"--weights {path}: not a readable state dict of tensors ({first})"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         state = self.convert_state_dict(state)
@@ -144,7 +151,7 @@ def _download(url: str, cache_dir: Path | None) -> Path:
         return target
     stem = name.rsplit(".", 1)[0]
     prefix = stem.rsplit("-", 1)[-1] if "-" in stem else None
-    tmp = target.with_suffix(".part")
+    tmp = temp_path(target)  # unique per process: two runs downloading at once do not collide
     try:
         torch.hub.download_url_to_file(url, str(tmp), hash_prefix=prefix, progress=True)
     except Exception as exc:

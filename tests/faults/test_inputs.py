@@ -308,3 +308,22 @@ def test_a_damaged_attribute_mat_is_one_line_naming_it(tmp_path):
     with pytest.raises(HashbenchError) as err:
         read_lin_attributes(str(path))
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_weights_file_with_a_pickle_payload_is_refused_not_executed(tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    weights = tmp_path / "weights.pt"
+    torch.save({"features.0.0.weight": Payload()}, weights)
+    argv = ["run", "--methods", "lsh", "--bits", "16", "--weights", str(weights), "--out", str(tmp_path / "r"),
+            "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--input-size", "64x32", *OPTIONS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(weights) in err and "state dict of tensors" in err
+    assert not marker.exists()

@@ -184,11 +184,11 @@ def decode(node: Any, where: str) -> Any:
     kind = node[TAG]
     if kind == "ndarray":
         a = _tensor(node, where).numpy()
-        dtype = np.dtype(_text(node, "dtype", where))
+        dtype = _dtype(node, where)
         a = a.T if node.get("fortran") else a
         return np.array(a, dtype=dtype, order="F" if node.get("fortran") else "C")
     if kind == "numpy scalar":
-        return np.asarray(_tensor(node, where).numpy(), dtype=np.dtype(_text(node, "dtype", where)))[()]
+        return np.asarray(_tensor(node, where).numpy(), dtype=_dtype(node, where))[()]
     if kind in ("set", "frozenset"):
         items = node.get("items")
         if type(items) is not list:
@@ -214,6 +214,16 @@ def _tensor(node: dict, where: str) -> torch.Tensor:
     if not isinstance(data, torch.Tensor):
         raise HashbenchError(f"{where}: an array without its data")
     return data
+
+
+def _dtype(node: dict, where: str) -> np.dtype:
+    try:
+        dtype = np.dtype(_text(node, "dtype", where))
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biufc":
+        raise HashbenchError(f"{where}: an array of dtype {node.get('dtype')!r} (numbers and booleans only)")
+    return dtype
 
 
 def _text(node: dict, key: str, where: str) -> str:
@@ -267,10 +277,10 @@ def restore_method(state: dict, registry, context: Context | None = None) -> Has
         raise HashbenchError(f"not a fitted method of format {FORMAT!r} (found {found!r})")
     missing = [k for k in KEYS if k not in state]
     if missing:
-        raise HashbenchError(f"fitted method without {', '.join(missing)}")
+        raise HashbenchError(f"the saved dict has no {', '.join(missing)}")
     name, params, fitted = state["method"], state["params"], state["state"]
     if type(name) is not str or type(params) is not dict or type(fitted) is not dict:
-        raise HashbenchError("fitted method: method, params or state of the wrong type")
+        raise HashbenchError("its method, params or state is of the wrong type")
     try:
         klass = registry.method(name)
     except HashbenchError as exc:  # a plugin not installed here: say which method, and what is
@@ -281,9 +291,7 @@ def restore_method(state: dict, registry, context: Context | None = None) -> Has
     try:
         method = klass(**params)
     except TypeError as exc:
-        raise HashbenchError(
-            f"fitted method {name!r}: its saved hyperparameters do not fit {here}: {exc}"
-        ) from None
+        raise HashbenchError(f"its saved hyperparameters do not fit {here}: {exc}") from None
     decoded = {str(k): decode(v, f"{name} attribute {k}") for k, v in fitted.items()}
     method.load_fitted_state(decoded, context or Context())
     return method

@@ -247,6 +247,9 @@ def test_the_decoder_restores_only_the_value_classes_it_lists():
     node = {TAG: "object", "class": "os.system", "fields": {}}
     with pytest.raises(HashbenchError, match="'os.system' is not one this hashbench restores"):
         decode(node, "x")
+    array = {TAG: "ndarray", "data": torch.zeros(2), "dtype": "O", "fortran": False}
+    with pytest.raises(HashbenchError, match="dtype 'O'"):
+        decode(array, "x")
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 The runner writes, per (method, bits) cell, ``cells/<method>-<bits>-<config hash>.npz`` (packed codes of
 every split, labels, identity attributes, the attribute schema as JSON) and the fitted method beside it
-(``<same stem>.method.pt``, :meth:`ResultStore.method_path`). ``results.csv`` says which artifact belongs
+(``<same stem>.method.pt``, :meth:`ResultStore.method_path`; tensors and plain data, restored by
+:meth:`Cell.fitted_method` without running code from the file). ``results.csv`` says which artifact belongs
 to which cell; when several rows match a (method, bits), the latest wins, by the rule the report uses
 (:func:`hashbench.results.latest_positions`: latest ``date``, ties to the later row). Presentation tools
 (``hashbench explain``, ``hashbench query``) read cells through :func:`load_cell` and never recompute them.
@@ -15,12 +16,17 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .data import AttributeGroup, AttributeSchema
 from .errors import HashbenchError
 from .results import CSV_NAME, ResultStore, StoredRow, artifact_file, latest_rows, read_results
+
+if TYPE_CHECKING:
+    from .method import Context, HashMethod
+    from .registry import Registry
 
 SPLITS = ("train", "query", "gallery")
 REQUIRED_COLUMNS = ("dataset", "method", "bits")  # what reading a cell back needs of results.csv
@@ -122,20 +128,40 @@ class Cell:
     def method_path(self) -> Path:
         return ResultStore.method_path(self.path)
 
-    def fitted_method(self, required: bool = False):
-        """The fitted method object saved beside the artifact (``None`` when absent and not required)."""
+    def refit_hint(self) -> str:
+        """How to fit the cell again (a finished cell is skipped while its row is there)."""
+        return f"`{self.hint()}` after removing its row from {self.results_dir / CSV_NAME}"
+
+    def fitted_method(
+        self, context: Context | None = None, *, required: bool = False, registry: Registry | None = None
+    ) -> HashMethod | None:
+        """The fitted method saved beside the artifact (``None`` when absent and not required).
+
+        The file holds tensors and plain data only and is read without running any code
+        (:func:`hashbench.state.read_state`); the method is built again from its registered class
+        (``registry``, default: the installed plugins) and restored in ``context``, which the caller
+        builds: a deep method rebuilds its network on ``context.backbone`` at ``context.device``
+        (:meth:`hashbench.pipeline.Pipeline.context` gives the run's). A file of another kind (a pickle
+        payload, a method pickled whole by an older hashbench) is refused with one line."""
         if self._method is None:
             path = self.method_path
             if not path.is_file():
                 if required:
                     raise HashbenchError(f"fitted method {path} not found: run `{self.hint()}` first")
                 return None
-            import torch
+            from .registry import Registry
+            from .state import read_state, restore_method
 
+            state = read_state(path, self.refit_hint())
             try:
-                self._method = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # pickled code that no longer imports, a truncated file
-                raise HashbenchError(f"fitted method {path} cannot be loaded: {exc}") from None
+                self._method = restore_method(state, registry or Registry.load(), context)
+            except HashbenchError as exc:
+                raise HashbenchError(f"fitted method {path} cannot be restored: {exc}") from None
+            except Exception as exc:  # a plugin's hook that fails on this state
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise HashbenchError(
+                    f"fitted method {path} cannot be restored: {type(exc).__name__}: {first}"
+                ) from None
         return self._method
 
 

@@ -30,7 +30,13 @@ and passes the common ones (see :class:`DeepHashing`) to ``super().__init__``. T
   ``head_param_groups`` (the head's learning rates) and ``code_layout`` (the named bit ranges of a
   structured code, see :meth:`hashbench.method.HashMethod.code_layout`).
 
-and register the class like any method (a ``hashbench_register_methods`` hook implementation in a
+A fitted deep method is saved and restored with no code of its own (:mod:`hashbench.state`): its
+network as its ``state_dict()``, built again by :meth:`DeepHashing.rebuild` (the body, ``build_head``
+and :class:`HashNet`, from the hyperparameters and the facts ``fit`` records), its other fitted
+attributes as they are. So ``build_head`` must build the same architecture from the same
+hyperparameters, ``n_ids``, the context and what ``fit`` recorded (see :meth:`DeepHashing.rebuild`).
+
+Register the class like any method (a ``hashbench_register_methods`` hook implementation in a
 module of the ``hashbench`` entry-point group, see :mod:`hashbench.hookspecs`). ``methods/dbh.py`` is a
 complete one; ``tests/deep_plugin_fixture.py`` a minimal third-party one.
 
@@ -52,6 +58,7 @@ multiples of 16 (exactly so for the PDH strips at 256 x 128 and at 128 x 64 inpu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -142,8 +149,7 @@ def make_body(context: Context, finetune: str) -> tuple[nn.Module, int, list[nn.
     backbone = context.backbone
     if backbone is None:
         raise HashbenchError("deep methods need the backbone in their context (context.backbone)")
-    # context.cut; the runner's older context.extras["cut"]; else the backbone's default cut
-    cut = context.cut if context.cut is not None else context.extras.get("cut", backbone.default_cut)
+    cut = body_cut(context)
     top = backbone.top(cut)
     if finetune == "top":
         return top, backbone.out_channels, []
@@ -151,6 +157,14 @@ def make_body(context: Context, finetune: str) -> tuple[nn.Module, int, list[nn.
     for p in trunk.parameters():
         p.requires_grad_(True)
     return nn.Sequential(trunk, top), backbone.out_channels, list(trunk.parameters())
+
+
+def body_cut(context: Context) -> str:
+    """The cut :func:`make_body` starts the body at: ``context.cut``; the runner's older
+    ``context.extras["cut"]``; else the backbone's default cut."""
+    if context.cut is not None:
+        return context.cut
+    return context.extras.get("cut", context.backbone.default_cut)
 
 
 class HashLayer(nn.Module):
@@ -301,6 +315,10 @@ class DeepHashing(HashMethod):
     - ``finetune``: ``"top"`` trains on the cached trunk maps; ``"full"`` trains the whole backbone from
       pixels (``consumes`` becomes ``{"images"}``). A run option (``run_options``): unless set with
       ``--param``, the runner passes the run's ``--finetune``.
+
+    Fitted attributes: ``model_`` (the :class:`HashNet`), ``history_`` (the per-epoch log) and what
+    :meth:`rebuild` needs to build the network again when a saved method is restored: ``n_ids_``,
+    ``cut_``, ``backbone_``, ``context_schema_`` and ``attribute_groups_``.
     """
 
     consumes: ClassVar[frozenset[str]] = frozenset({"maps"})
@@ -399,6 +417,12 @@ class DeepHashing(HashMethod):
             targets_all["attributes"] = torch.from_numpy(np.asarray(train.attributes, dtype=np.int64))
 
         body, channels, trunk_params = make_body(context, self.finetune)
+        # what rebuild() needs to build this network again, besides the hyperparameters
+        self.n_ids_ = n_ids
+        self.cut_ = body_cut(context)
+        self.backbone_ = getattr(context.backbone, "name", None)
+        self.context_schema_ = context.schema
+        self.attribute_groups_ = None if train.attributes is None else int(np.shape(train.attributes)[1])
         head = self.build_head(channels, n_ids, train, context)
         model = HashNet(body, head, self.regions, self.region_mode)
         self.model_ = model.to(device, memory_format=torch.channels_last)  # ~20 % faster on CPU
@@ -461,6 +485,83 @@ class DeepHashing(HashMethod):
         self.model_.eval()
         return self
 
+    # -- saving and restoring -----------------------------------------------------------------------
+    def fitted_state(self) -> dict[str, Any]:
+        """The fitted attributes (:meth:`hashbench.method.HashMethod.fitted_state`), the network
+        ``model_`` as its ``state_dict()`` tensors; the progress switch left out."""
+        state = super().fitted_state()
+        state.pop("_progress", None)
+        model = state.pop("model_", None)
+        if model is not None:
+            state["model_"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return state
+
+    def load_fitted_state(self, state: dict[str, Any], context: Context) -> None:
+        """The fitted attributes set back, then the network :meth:`rebuild` in ``context`` and its saved
+        ``state_dict()`` loaded strictly (a key or shape that does not fit is a one-line error)."""
+        state = dict(state)
+        weights = state.pop("model_", None)
+        super().load_fitted_state(state, context)
+        self._progress = context.progress
+        if weights is None:
+            return
+        model = self.rebuild(context)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise HashbenchError(
+                f"{self.name}: the saved network does not fit the rebuilt one: {detail}"
+            ) from None
+        self.model_ = model.eval()
+
+    def rebuild(self, context: Context) -> HashNet:
+        """The network of this fitted method, untrained: what restoring a saved method loads its weights
+        into. A public hook: a subclass needs nothing of its own to be saved and restored.
+
+        From the hyperparameters and the facts ``fit`` recorded (``n_ids_``; the cut ``cut_``; the
+        backbone's name ``backbone_``; the context's schema ``context_schema_``; ``attribute_groups_``,
+        the training view's number of attribute columns), in the caller's ``context`` (its backbone,
+        device and, if given, schema, which must be the one of ``fit``): :func:`make_body` at ``cut_`` +
+        ``build_head(channels, n_ids_, train, context)`` + :class:`HashNet`, on ``context.device``,
+        channels-last. ``train`` is then a stand-in without rows (``split="train"``, empty ``pids`` and
+        ``camids``, ``attributes`` of shape ``(0, attribute_groups_)`` when the training view had them):
+        a head that needs more of the training data than its shapes records it in ``fit`` as a fitted
+        attribute (ending in ``_``) before calling ``super().fit``, as DeepSSH does with ``schema_`` and
+        ``segments_``. The global random state is left as it was.
+        """
+        backbone = context.backbone
+        if backbone is None:
+            raise HashbenchError(
+                f"{self.name}: restoring a deep method needs the backbone in its context (context.backbone)"
+            )
+        name = getattr(backbone, "name", None)
+        if self.backbone_ is not None and name != self.backbone_:
+            raise HashbenchError(
+                f"{self.name}: fitted on backbone {self.backbone_!r}, the context has {name!r}"
+            )
+        schema = self.context_schema_
+        if context.schema is not None:
+            if schema is not None and _groups(context.schema) != _groups(schema):
+                raise HashbenchError(
+                    f"{self.name}: the context's attribute schema ({', '.join(context.schema.names)}) is not "
+                    f"the one it was fitted with ({', '.join(schema.names)})"
+                )
+            schema = context.schema
+        context = dataclasses.replace(context, cut=self.cut_, schema=schema)
+        n_groups = self.attribute_groups_
+        train = View(
+            "train",
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.int64),
+            attributes=None if n_groups is None else np.empty((0, n_groups), dtype=np.int16),
+        )
+        with torch.random.fork_rng(devices=[]):  # the fresh layers' initialisation draws
+            body, channels, _ = make_body(context, self.finetune)
+            head = self.build_head(channels, self.n_ids_, train, context)
+        model = HashNet(body, head, self.regions, self.region_mode)
+        return model.to(torch.device(context.device), memory_format=torch.channels_last)
+
     # -- encoding -----------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, view: View) -> np.ndarray:
@@ -480,6 +581,10 @@ class DeepHashing(HashMethod):
             index = np.arange(i, min(i + bs, n))
             codes[index] = model.codes(load_batch(source, index, device)).cpu().numpy()
         return codes
+
+
+def _groups(schema) -> list[tuple[str, tuple[str, ...]]]:
+    return [(g.name, tuple(g.values)) for g in schema.groups]
 
 
 def inference_copy(model: HashNet) -> HashNet:

@@ -29,6 +29,28 @@ Optional declarations of a method class:
 
 What the runner lends ``fit`` (never files) is a :class:`Context`. Deep methods are built on the public
 base :mod:`hashbench.deep`.
+
+Saving a fitted method
+----------------------
+The runner saves each cell's fitted method beside its artifact as tensors and plain data only
+(:mod:`hashbench.state`; a results folder from someone else is read without running any code), and
+``hashbench query`` restores it: the registered class is built again from ``get_params()``, then handed
+the saved fitted state. Two optional hooks decide what that state is:
+
+``fitted_state``       ``fitted_state() -> dict``: what ``fit`` learned, by attribute name. The default
+                       is every instance attribute that is not a hyperparameter (``get_params``); its
+                       values may be numbers, strings, ``None``, numpy arrays, torch tensors and lists,
+                       tuples, sets and str-keyed dicts of them (plus a few hashbench value classes, see
+                       :mod:`hashbench.state`). Anything else stops the save with one line naming the
+                       attribute (the cell is kept, its method not saved).
+``load_fitted_state``  ``load_fitted_state(state, context)``: the reverse, on a new instance built with
+                       the same hyperparameters; the default sets each attribute. ``context`` is the
+                       :class:`Context` of the restoring caller (backbone, cut, schema, device).
+
+A method whose state is arrays and plain data needs neither; a deep method built on
+:class:`hashbench.deep.DeepHashing` saves its network's ``state_dict()`` and rebuilds it with
+:meth:`~hashbench.deep.DeepHashing.rebuild`, with no code of its own. Override the hooks for anything
+else (say, a fitted object of another library: save its arrays, rebuild it in ``load_fitted_state``).
 """
 
 from __future__ import annotations
@@ -133,6 +155,18 @@ class HashMethod(ABC):
         default) when the code has no named parts. A fitted method gives the layout it learned with;
         before ``fit``, the one it would use for ``schema`` if it can tell (else ``None``)."""
         return None
+
+    def fitted_state(self) -> dict[str, Any]:
+        """What ``fit`` learned, by attribute name, to be saved as tensors and plain data (see the module
+        docstring): by default every instance attribute that is not a hyperparameter."""
+        params = self.get_params()
+        return {k: v for k, v in vars(self).items() if k not in params}
+
+    def load_fitted_state(self, state: dict[str, Any], context: Context) -> None:
+        """Take back what :meth:`fitted_state` gave, on a new instance built from the same
+        hyperparameters; by default each entry is set as an attribute. ``context``: the caller's."""
+        for key, value in state.items():
+            setattr(self, key, value)
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (hyperparameters), as in scikit-learn; they go into the config hash."""

@@ -178,7 +178,7 @@ def open_image(path: Path):
 
 def encode_image(pipe: Pipeline, cell: Cell, path: Path) -> np.ndarray:
     """(bits,) code of a pedestrian photo, through the run's pipeline (trunk, IDE stage, the method)."""
-    method = cell.fitted_method(required=True)
+    method = cell.fitted_method(pipe.context(), required=True, registry=pipe.registry)
     n_groups = len(cell.schema) if cell.schema is not None else 0
     view = pipe.image_view([open_image(path)], method.consumes, n_groups)
     with torch.inference_mode():

@@ -5,9 +5,9 @@ AP and CMC go to ``<out>/cells/<method>-<bits>-<config hash>.npz`` and its CMC c
 ``<out>/cmc.csv`` *before* the row is written, so a row always points at complete artifacts and a
 killed run loses at most the cell in progress. ``results.csv`` and ``cmc.csv`` are the citable,
 committed part; the ``cells/`` artifacts hold codes and stay local (with the fitted method beside
-each, ``<stem>.method.pt``). ``attribute_queries.csv`` holds each cell's search-by-description scores
-(one row per number of queried attributes), written before the cell's row. A cell
-is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
+each, ``<stem>.method.pt``: tensors and plain data only, see :mod:`hashbench.state`).
+``attribute_queries.csv`` holds each cell's search-by-description scores (one row per number of
+queried attributes), written before the cell's row. A cell is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
 
 Every reader of the store goes through :func:`read_results` (typed rows plus a pandas view), and every
 "which row of a cell is current" question through :func:`latest_positions`: per (dataset, method, bits)
@@ -510,16 +510,27 @@ class ResultStore:
         return artifact.with_name(artifact.name[: -len(".npz")] + ".method.pt")
 
     def save_method(self, artifact: Path, method) -> Path | None:
-        """``torch.save`` the fitted method beside its artifact (atomic); ``None`` if it cannot be pickled."""
+        """Save the fitted method beside its artifact (atomic) as tensors and plain data only
+        (:func:`hashbench.state.method_state`, then ``torch.save`` of that dict); ``None``, with a
+        warning, when its state holds something else (the cell is kept, its method not saved)."""
         import torch
+
+        from .state import method_state
 
         path = self.method_path(artifact)
         try:
+            state = method_state(method)
+        except Exception as exc:  # a plugin holding something else must not lose the cell
+            log.warning(
+                "fitted method not saved to %s: %s", path, str(exc).splitlines()[0] if str(exc) else exc
+            )
+            return None
+        try:
             with folder_lock(self.out):
-                atomic_write(path, lambda f: torch.save(method, f))
+                atomic_write(path, lambda f: torch.save(state, f))
         except HashbenchError:
             raise
-        except Exception as exc:  # a plugin holding something unpicklable must not lose the cell
+        except Exception as exc:  # a full disk, say: the cell is kept
             log.warning(
                 "fitted method not saved to %s: %s", path, str(exc).splitlines()[0] if str(exc) else exc
             )

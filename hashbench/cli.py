@@ -127,6 +127,7 @@ def cmd_run(args) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         search_backend=args.search,
         finetune=args.finetune,
+        engine=args.engine,
         holdout=args.holdout,
         reference=not args.no_reference,
         attribute_queries=not args.no_attribute_queries,
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="feature cache (default: $HASHBENCH_CACHE or ~/.cache/hashbench)")
     s.add_argument(
         "--search", default="auto", choices=("auto", "faiss", "numpy"), help="Hamming search backend"
+    )
+    s.add_argument(
+        "--engine",
+        default="torch",
+        help="what runs the frozen trunk when maps are extracted: torch (default), onnxruntime or openvino "
+        "(CPU; 4-5x faster on 2 cores, maps equal within float16 rounding, cached apart)",
     )
     s.add_argument(
         "--finetune",

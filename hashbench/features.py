@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from .backbones import TRANSFORM_ID, Backbone, to_tensor
 from .cache import CacheEntry
 from .data import Dataset, Record
 from .durable import atomic_write_bytes
+from .engines import make_engine
 from .errors import HashbenchError
 from .keys import TrunkKey, digest_of, resolve_cache_dir
 
@@ -36,7 +37,9 @@ __all__ = ["FeatureCache", "ImageSource", "TrunkKey", "digest_of", "resolve_devi
 log = logging.getLogger(__name__)
 
 
-def trunk_key(dataset: Dataset, backbone: Backbone, cut: str, input_size: tuple[int, int]) -> TrunkKey:
+def trunk_key(
+    dataset: Dataset, backbone: Backbone, cut: str, input_size: tuple[int, int], engine: str = "torch"
+) -> TrunkKey:
     """The key of a dataset's trunk maps under a loaded backbone (see :mod:`hashbench.keys`)."""
     return TrunkKey(
         dataset.name,
@@ -46,6 +49,7 @@ def trunk_key(dataset: Dataset, backbone: Backbone, cut: str, input_size: tuple[
         cut,
         tuple(input_size),
         TRANSFORM_ID,
+        engine,
     )
 
 
@@ -74,6 +78,22 @@ def batched(it: Iterator, n: int) -> Iterator[list]:
         yield batch
 
 
+def prefetched(batches: Iterator[list], fn: Callable[[list], object]) -> Iterator[tuple[int, object]]:
+    """``(len(batch), fn(batch))`` for each batch, the next one computed in a worker thread while the
+    caller works on this one (JPEG decoding and resizing overlap the trunk: both release the GIL). Only
+    the worker touches ``batches``; its errors are raised here; closing the generator stops it."""
+
+    def produce():
+        batch = next(batches, None)
+        return None if batch is None else (len(batch), fn(batch))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="hashbench-decode") as pool:
+        pending = pool.submit(produce)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(produce)
+            yield item
+
+
 class FeatureCache:
     """Computes and stores trunk maps per split; a second call with the same key only memory-maps them."""
 
@@ -94,15 +114,16 @@ class FeatureCache:
         batch_size: int = 64,
         progress: bool = True,
         key: TrunkKey | None = None,
+        engine: str = "torch",
     ) -> tuple[dict[str, np.ndarray], dict]:
         """Trunk maps of every split (memory-mapped float16) and timing info ``{"extract_s": ...}``.
 
         ``key``: the maps' :class:`TrunkKey` when the caller has computed it (the pipeline does, once);
-        else it is derived here with :func:`trunk_key`.
+        else it is derived here with :func:`trunk_key` (with ``engine``, see :mod:`hashbench.engines`).
         """
-        key = key or trunk_key(dataset, backbone, cut, input_size)
+        key = key or trunk_key(dataset, backbone, cut, input_size, engine)
         folder = self.trunk_dir(key)
-        entry = CacheEntry(folder, asdict(key), "trunk maps", legacy=_legacy_meta(folder))
+        entry = CacheEntry(folder, key.spec(), "trunk maps", legacy=_legacy_meta(folder))
         shape = tuple(backbone.trunk_shape(cut, input_size))
         if entry.info.get("shape") is None:
             entry.set_info(shape=list(shape))
@@ -119,8 +140,8 @@ class FeatureCache:
             if not entry.verified(name):
                 with entry.producing(name):
                     if not entry.verified(name):  # else another run finished it while we waited
-                        if trunk is None:  # channels_last: about 30 % faster on CPU for MobileNetV2
-                            trunk = backbone.trunk(cut).to(device, memory_format=torch.channels_last)
+                        if trunk is None:  # the engine of the key (hashbench.engines)
+                            trunk = make_engine(key.engine, backbone.trunk(cut), input_size, device)
                         t0 = time.perf_counter()
                         part, rows_file, before = self._extract(
                             dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
@@ -184,16 +205,15 @@ class FeatureCache:
         row = done
         t0 = time.perf_counter()
         with torch.inference_mode():
-            for batch in batched(images, batch_size):
-                x = to_tensor(batch, input_size).to(device, memory_format=torch.channels_last)
-                y = trunk(x).to("cpu", torch.float16).numpy()
-                arr[row : row + len(batch)] = y
-                row += len(batch)
+            decoded = prefetched(batched(images, batch_size), lambda b: to_tensor(b, input_size))
+            for count, x in decoded:
+                arr[row : row + count] = trunk(x)
+                row += count
                 if row % (batch_size * 16) == 0 or row == n:
                     arr.flush()
                     elapsed = before + time.perf_counter() - t0
                     atomic_write_bytes(rows_file, json.dumps({"rows": row, "seconds": elapsed}).encode())
-                bar.update(len(batch))
+                bar.update(count)
         bar.close()
         arr.flush()
         del arr

@@ -51,9 +51,18 @@ class TrunkKey:
     cut: str
     input_size: tuple[int, int]
     transform: str
+    engine: str = "torch"  # what ran the trunk (hashbench.engines); maps of another engine differ in rounding
+
+    def spec(self) -> dict:
+        """The key as recorded: every field, ``engine`` only when it is not eager torch (so that the
+        keys of maps computed before engines existed are unchanged)."""
+        spec = asdict(self)
+        if spec["engine"] == "torch":
+            del spec["engine"]
+        return spec
 
     def digest(self) -> str:
-        return digest_of(asdict(self))
+        return digest_of(self.spec())
 
 
 def holdout_key(trunk: str, holdout: dict) -> str:

@@ -34,6 +34,7 @@ import torch
 from . import metrics, search
 from .backbones import Backbone, to_tensor
 from .data import AttributeTable, Dataset, Splits, check_attribute_coverage, holdout_splits
+from .engines import check_engine
 from .errors import HashbenchError
 from .features import FeatureCache, ImageSource, resolve_device, trunk_key
 from .ide import IDEConfig, IDEModel, adapted_features, embed_maps, load_ide_model
@@ -75,6 +76,7 @@ class RunConfig:
     finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
+    engine: str = "torch"  # what runs the trunk for the feature cache (hashbench.engines)
 
     def results_dir(self) -> Path:
         """``out``, else ``results/<dataset>`` — and ``results/<dataset>/validation`` for a validation
@@ -97,7 +99,7 @@ class Keys:
     ide: str  # the IDE stage's cache folder
 
     def as_record(self, consumes: Iterable[str]) -> dict:
-        out = {"trunk": self.trunk.digest(), "trunk_spec": asdict(self.trunk), "ide_input": self.ide_input}
+        out = {"trunk": self.trunk.digest(), "trunk_spec": self.trunk.spec(), "ide_input": self.ide_input}
         if "features" in consumes:
             out["ide"] = self.ide
         return out
@@ -165,6 +167,7 @@ class Pipeline:
                 self.name,
             )
         self.device = resolve_device(config.device)
+        check_engine(config.engine, self.device)
         self.cache_root = resolve_cache_dir(config.cache_dir)
         self.input_size = tuple(config.input_size or dataset.default_input_size)
         self.backbone = backbone.load_weights(self.cache_root)
@@ -174,7 +177,7 @@ class Pipeline:
             "dataset %s: %s", dataset.name, ", ".join(f"{k} {len(v)}" for k, v in splits.records.items())
         )
 
-        trunk = trunk_key(dataset, backbone, self.cut, self.input_size)
+        trunk = trunk_key(dataset, backbone, self.cut, self.input_size, config.engine)
         holdout = {"ids": config.holdout, "seed": config.seed} if config.holdout else None
         ide_input = holdout_key(trunk.digest(), holdout) if holdout else trunk.digest()
         self.keys = Keys(trunk, ide_input, ide_key(ide_input, config.ide_spec(), backbone.name, self.cut))
@@ -189,6 +192,8 @@ class Pipeline:
         }
         if holdout:
             self.base_config["holdout"] = holdout
+        if config.engine != "torch":  # maps of another engine differ in rounding: other cells
+            self.base_config["engine"] = config.engine
         self.inputs: dict[str, dict] = {}  # input name -> split -> array (or ImageSource)
         self.timings: dict = {}
 
@@ -408,6 +413,7 @@ def run_config_of(record: dict, **overrides) -> RunConfig:
         "ide": IDEConfig(**ide),
         "seed": int(cfg["seed"]),
         "holdout": int(holdout.get("ids", 0)),
+        "engine": cfg.get("engine", "torch"),
         "progress": False,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})

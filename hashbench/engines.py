@@ -1,0 +1,116 @@
+"""Engines that run the frozen backbone trunk for the feature cache (``--engine``).
+
+``torch``        eager PyTorch, channels-last (the default; CPU or CUDA);
+``onnxruntime``  the trunk exported to ONNX (``torch.onnx.export``, TorchScript exporter, dynamic batch)
+                 and run by ONNX Runtime's CPU provider (``pip install onnxruntime onnx``);
+``openvino``     the trunk converted by ``openvino.convert_model`` and compiled for the CPU with the
+                 latency hint (``pip install openvino``).
+
+Every engine uses as many threads as torch does (``torch.get_num_threads()``). The non-torch engines are
+CPU only. Their maps equal eager torch's up to float32 rounding (max |difference| about 1e-5 on maps of
+magnitude 3), i.e. at most one float16 step apart once stored (tests/test_engines.py checks it); the
+engine is part of the trunk key (:class:`hashbench.keys.TrunkKey`), so maps of two engines never mix in
+one cache entry and a row says which engine made its features.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import HashbenchError
+
+ENGINES = ("torch", "onnxruntime", "openvino")
+INSTALL = {"onnxruntime": "onnxruntime onnx", "openvino": "openvino"}
+
+Engine = Callable[[torch.Tensor], np.ndarray]  # (B, 3, H, W) float32 -> (B, C, h, w) float16
+
+
+def check_engine(name: str, device: torch.device | str = "cpu") -> None:
+    """A known engine that can run on ``device`` and is installed; one-line error naming ``--engine``."""
+    if name not in ENGINES:
+        raise HashbenchError(f"--engine {name!r}: expected one of {', '.join(ENGINES)}")
+    if name != "torch" and torch.device(device).type != "cpu":
+        raise HashbenchError(
+            f"--engine {name} runs on the CPU only; with --device {device} use --engine torch"
+        )
+    if name == "onnxruntime":
+        _require("onnxruntime", "onnx")
+    elif name == "openvino":
+        _require("openvino")
+
+
+def _require(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise HashbenchError(
+            f"--engine needs {', '.join(missing)}: pip install {' '.join(missing)} (or use --engine torch)"
+        )
+
+
+def make_engine(name: str, trunk: nn.Module, input_size: tuple[int, int], device) -> Engine:
+    """A function running ``trunk`` (eval mode, no gradients) on a batch with engine ``name``."""
+    check_engine(name, device)
+    trunk = trunk.eval()
+    if name == "torch":
+        module = trunk.to(device, memory_format=torch.channels_last)  # about 30 % faster on CPU
+
+        def run_torch(x: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode():
+                y = module(x.to(device, memory_format=torch.channels_last))
+            return y.to("cpu", torch.float16).numpy()
+
+        return run_torch
+    example = torch.zeros(2, 3, *input_size)
+    threads = torch.get_num_threads()
+    if name == "onnxruntime":
+        import onnxruntime as ort
+
+        buf = io.BytesIO()
+        with warnings.catch_warnings():  # the TorchScript exporter warns that it is legacy
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                trunk.float().to("cpu"),
+                example,
+                buf,
+                dynamo=False,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+                opset_version=17,
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+        def run_ort(x: torch.Tensor) -> np.ndarray:
+            return session.run(None, {"x": x.contiguous().numpy()})[0].astype(np.float16)
+
+        return run_ort
+    import openvino as ov
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(trunk.float().to("cpu"), example_input=example)
+    compiled = ov.Core().compile_model(
+        model,
+        "CPU",
+        {  # f32: where the CPU has bf16/AMX, OpenVINO would otherwise compute in bf16
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32",
+        },
+    )
+
+    def run_ov(x: torch.Tensor) -> np.ndarray:
+        return np.asarray(compiled(x.contiguous().numpy())[0]).astype(np.float16)
+
+    return run_ov

@@ -204,7 +204,8 @@ def test_ctf_search_is_the_full_ranking_inside_its_top_k_and_cheaper():
 def bench(tmp_path_factory) -> SyntheticBench:
     """The synthetic set of the session fixture (60 train / 60 test ids, 128 x 64) with the tiny run's IDE
     stage (1 epoch of 32 images, as tests/tiny.py): the deep methods read the trunk maps, LSH the
-    adapted features."""
+    adapted features. (On the session fixture's 4-epoch IDE features LSH reaches about 35 mAP at 64 bits,
+    above each of these methods, and DBH, at their 3-epoch defaults: 11 to 29.)"""
     config = RunConfig(
         dataset="synthetic",
         dataset_options={"n_train_ids": 60, "n_test_ids": 60},

@@ -12,11 +12,14 @@ from PIL import Image
 
 from hashbench.errors import HashbenchError
 from hashbench.report import (
+    MODERN_ORDER,
     PROTOCOL,
     cmc_curves,
     cost_table,
     load_paper,
     load_results,
+    method_order,
+    method_styles,
     paper_tables,
     plot_cmc,
     plot_map_vs_bits,
@@ -150,6 +153,13 @@ def test_paper_table_values_shape_order(store: Path) -> None:
     assert table.attrs["reference"] == ["ide-float"]
     rank1 = paper_tables(load_results(store), "rank1")
     assert rank1.at["PDH", 512] == pytest.approx(fake_map("PDH", 512) + 20)
+
+
+def test_method_order_paper_then_modern_then_the_rest() -> None:
+    names = ["lsh", "ctf", "itq", "DeepSSH", "hashnet", "dpsh", "KSH-CNN", "greedyhash", "csq", "dsh", "zeta"]
+    assert method_order(names) == ["KSH-CNN", "DeepSSH", *MODERN_ORDER, "itq", "lsh", "zeta"]
+    styles = method_styles([*METHODS, *MODERN_ORDER, "itq", "lsh"])
+    assert len(set(styles.values())) == len(styles) == 13  # one (colour, marker) each
 
 
 def test_select_latest_and_config_hash(store: Path) -> None:

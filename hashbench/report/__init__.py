@@ -43,6 +43,7 @@ from .figures import (
 )
 from .selection import (
     DATASET_NAMES,
+    MODERN_ORDER,
     PAPER_ALIASES,
     PAPER_ORDER,
     RESULTS_FILE,
@@ -131,6 +132,7 @@ __all__ = [
     "FORMATS",
     "MARKERS",
     "METRICS",
+    "MODERN_ORDER",
     "PAPER_ALIASES",
     "PAPER_NOTE",
     "PAPER_ORDER",

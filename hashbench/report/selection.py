@@ -4,8 +4,8 @@
 * Several rows for one (dataset, method, bits) cell come from different configs; the latest by
   ``date`` is shown (ties and unparseable dates: the later row in the file wins), the one rule of
   :func:`hashbench.results.latest_positions`, which ``hashbench explain`` and ``query`` follow too.
-* Methods are listed in the paper's order (KSH-CNN, SDH-CNN, DBH, PDH, DeepSSH), then any other
-  method alphabetically.
+* Methods are listed in the paper's order (KSH-CNN, SDH-CNN, DBH, PDH, DeepSSH), then the modern deep
+  baselines by year (DPSH, DSH, HashNet, GreedyHash, CSQ, CtF), then any other method alphabetically.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ RESULTS_FILE = CSV_NAME
 # the paper's order; plugin names (ksh, sdh) and the paper's spellings (KSH-CNN, SDH-CNN) share a place
 PAPER_ORDER = ("ksh", "sdh", "dbh", "pdh", "deepssh")
 PAPER_ALIASES = {"ksh-cnn": "ksh", "sdh-cnn": "sdh"}
+# the modern deep baselines, after the paper's methods, by year (2016 to 2020)
+MODERN_ORDER = ("dpsh", "dsh", "hashnet", "greedyhash", "csq", "ctf")
+METHOD_ORDER = PAPER_ORDER + MODERN_ORDER
 DATASET_NAMES = {"market1501": "Market-1501", "market-1501": "Market-1501"}
 
 
@@ -70,11 +73,12 @@ def canonical_name(name: str) -> str:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """The paper's order (KSH-CNN, SDH-CNN, DBH, PDH, DeepSSH), then other methods alphabetically."""
+    """The paper's order (KSH-CNN, SDH-CNN, DBH, PDH, DeepSSH), then the modern deep baselines
+    (:data:`MODERN_ORDER`), then other methods alphabetically."""
 
     def key(name: str) -> tuple[int, str]:
         low = canonical_name(name)
-        return (PAPER_ORDER.index(low) if low in PAPER_ORDER else len(PAPER_ORDER), name.lower())
+        return (METHOD_ORDER.index(low) if low in METHOD_ORDER else len(METHOD_ORDER), name.lower())
 
     return sorted(dict.fromkeys(methods), key=key)
 

@@ -137,6 +137,26 @@ def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np
 
 
 # the samplers a deep method declares (``DeepHashing.sampler``) and the hyperparameters each reads
+# the parts of a training step timed in every epoch's history entry (seconds): loading the batch
+# (maps from the memory-mapped cache, flips, to the device), the forward pass with the loss, the
+# backward pass, the optimiser and scheduler step. CPU work is synchronous, so on the CPU these add up
+# to the epoch; on CUDA, kernels run asynchronously and the split is only indicative.
+PHASES = ("data_s", "forward_s", "backward_s", "step_s")
+
+
+class Laps:
+    """Seconds per phase, each call closing the phase that ran since the previous call."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._t = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._t
+        self._t = now
+
+
 SAMPLERS: dict[str, tuple[str, ...]] = {"pk": ("P", "K"), "random": ("batch_size",), "custom": ()}
 
 
@@ -455,16 +475,21 @@ class DeepHashing(HashMethod):
                 dynamic_ncols=True,
                 leave=False,
             )
+            lap = Laps()  # where the epoch's time goes (see PHASES)
             for index in bar:
                 flip = rng.random(len(index)) < 0.5 if self.flip else None
                 x = load_batch(source, index, device, flip)
                 targets = {k: v[index].to(device) for k, v in targets_all.items()}
+                lap("data_s")
                 out = self.model_(x)
                 loss, stats = self.loss(out, targets)
+                lap("forward_s")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                lap("backward_s")
                 opt.step()
                 sched.step()
+                lap("step_s")
                 n = len(index)
                 seen += n
                 for key, value in {"loss": loss.item(), **stats}.items():
@@ -472,6 +497,7 @@ class DeepHashing(HashMethod):
                 bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
             entry = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}}
             entry["seconds"] = time.perf_counter() - t0
+            entry.update(lap.seconds)
             self.history_.append(entry)
             log.info(
                 "%s %d bits epoch %d/%d: %s, %.0f s",
@@ -479,7 +505,7 @@ class DeepHashing(HashMethod):
                 self.bits,
                 epoch,
                 self.epochs,
-                ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k not in ("epoch", "seconds")),
+                ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k not in ("epoch", "seconds", *PHASES)),
                 entry["seconds"],
             )
         self.model_.eval()

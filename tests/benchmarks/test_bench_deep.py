@@ -15,6 +15,7 @@ import pytest
 
 from hashbench.backbones.mobilenetv2 import MobileNetV2
 from hashbench.data import AttributeGroup, AttributeSchema
+from hashbench.deep import PHASES
 from hashbench.method import Context, View
 from hashbench_methods.dbh import DBH
 from hashbench_methods.deepssh import DeepSSH
@@ -60,3 +61,6 @@ def test_one_training_epoch(benchmark, batch, name):
         lambda: METHODS[name]().fit(view, context), rounds=3, iterations=1, warmup_rounds=1
     )
     assert len(method.history_) == 1 and np.isfinite(method.history_[0]["loss"])
+    epoch = method.history_[0]  # the last round's split of its epoch: data, forward, backward, step
+    benchmark.extra_info.update({k: round(epoch[k], 3) for k in PHASES})
+    assert sum(epoch[k] for k in PHASES) <= epoch["seconds"]

@@ -128,6 +128,9 @@ def cmd_run(args) -> int:
         search_backend=args.search,
         finetune=args.finetune,
         engine=args.engine,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_cpus_per_cell=args.ray_cpus_per_cell,
         holdout=args.holdout,
         reference=not args.no_reference,
         attribute_queries=not args.no_attribute_queries,
@@ -332,6 +335,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the search-by-description evaluation of each cell (attribute_queries.csv)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="where the cells are computed: this process (default), or one Ray task per cell "
+        "(pip install -e .[ray]; the cache must be on a filesystem every node shares)",
+    )
+    s.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="--executor ray: the cluster to join (auto, HOST:6379; default: $RAY_ADDRESS, else a new "
+        "local cluster on this machine)",
+    )
+    s.add_argument(
+        "--ray-cpus-per-cell",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="--executor ray: CPUs each cell's task declares, and its torch threads (default 1)",
+    )
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("report", help="tables (Markdown, LaTeX) and plots from a results CSV or directory")

@@ -92,10 +92,10 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def run_config_of_args(args):
+    """The :class:`~hashbench.pipeline.RunConfig` of parsed ``hashbench run`` arguments (checked)."""
     from .ide import IDEConfig
-    from .report import write_report
-    from .runner import RunConfig, run
+    from .runner import RunConfig
 
     ide_fields = {f.name for f in fields(IDEConfig)}
     ide_opts = parse_params(args.ide, prefix_required=False)
@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
     if args.holdout < 0:
         raise HashbenchError(f"--holdout {args.holdout}: expected a number of training identities (0: off)")
-    config = RunConfig(
+    return RunConfig(
         dataset=args.dataset,
         data_root=args.data_root,
         dataset_options=parse_params(args.dataset_option, prefix_required=False),
@@ -136,6 +136,13 @@ def cmd_run(args) -> int:
         attribute_queries=not args.no_attribute_queries,
         progress=not args.no_progress,
     )
+
+
+def cmd_run(args) -> int:
+    from .report import write_report
+    from .runner import run
+
+    config = run_config_of_args(args)
     out = config.results_dir()
     t0 = time.perf_counter()
     run(config)

@@ -5,6 +5,11 @@ cell's recorded configuration (``configs.jsonl``) and its CSV row. Each cell is 
 configuration and seed; finished cells (same config hash) are skipped, so a killed run resumes at the
 cell it was in. The runner never knows a method's internals: the pipeline hands the method a
 :class:`~hashbench.method.View` with exactly the inputs the method declares.
+
+A cell is computed (:func:`compute_cell`: nothing written, a :class:`CellOutcome` returned) in this
+process (``executor="local"``, one cell after another) or as a Ray task (``executor="ray"``,
+:mod:`hashbench.distributed`); either way this process alone commits it (artifact, fitted method,
+configuration record, attribute-query rows, then the row), so resuming works the same for both.
 """
 
 from __future__ import annotations

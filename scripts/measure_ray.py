@@ -7,8 +7,8 @@ grid on a Ray cluster").
 
 Steps (the default grid: synthetic, LSH and ITQ at 128 ... 2048 bits, unless options say otherwise):
 
-1. ``hashbench run`` into ``WORKDIR/cold`` with ``--cache-dir WORKDIR/cache``: fills the cache (timed,
-   not compared);
+1. one cell (LSH at 128 bits) into ``WORKDIR/fill`` with ``--cache-dir WORKDIR/cache``: fills the
+   cache (trunk maps, IDE stage), so that the runs compared below all start warm;
 2. ``--executor local`` into ``WORKDIR/local`` (warm cache);
 3. ``--executor ray`` into ``WORKDIR/ray``: hashbench starts (and stops) a local Ray cluster itself;
 4. a cluster started apart (``ray start --head --block`` on 127.0.0.1 with ``--cpus`` CPUs, this
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -36,17 +37,25 @@ from pathlib import Path
 
 # Ray >= 2.59 starts local clusters with token authentication (the token in ~/.ray/auth_token); a
 # driver joining one started apart (`ray start`) must ask for it too
-ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+os.environ["RAY_AUTH_MODE"] = "token"  # read when ray is imported: before that (step 5 imports it)
+ENV = dict(os.environ)
 VOLATILE = {"train_s", "encode_s", "encode_ms_per_image", "query_ms", "cell_s", "date", "device"}
 
 
+LOAD: dict[str, list[float]] = {}  # the 1-minute load average when each run began and ended
+
+
 def hashbench(args: list[str]) -> float:
-    """Run the CLI; returns its wall seconds."""
+    """Run the CLI; returns its wall seconds (and notes the machine's load around it in LOAD)."""
+    out = args[args.index("--out") + 1]
+    LOAD[Path(out).name] = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "hashbench.cli", *args], check=True, stdout=subprocess.DEVNULL, env=ENV
     )
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    LOAD[Path(out).name].append(os.getloadavg()[0])
+    return seconds
 
 
 def rows(folder: Path) -> list[dict]:
@@ -81,18 +90,11 @@ def object_store_vs_path(address: str, run_args: list[str], cache: Path) -> dict
     import numpy as np
     import ray
 
-    from hashbench.cli import build_parser
-    from hashbench.pipeline import Pipeline, RunConfig
+    from hashbench.cli import build_parser, run_config_of_args
+    from hashbench.pipeline import Pipeline
 
-    ns = build_parser().parse_args(["run", *run_args])
-    config = RunConfig(
-        dataset=ns.dataset,
-        data_root=ns.data_root,
-        cache_dir=cache,
-        progress=False,
-        device="cpu",
-    )
-    os.environ["RAY_AUTH_MODE"] = "token"
+    args = build_parser().parse_args(["run", "--cache-dir", str(cache), "--device", "cpu", *run_args])
+    config = dataclasses.replace(run_config_of_args(args), progress=False)
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
         t0 = time.perf_counter()
@@ -108,18 +110,22 @@ def object_store_vs_path(address: str, run_args: list[str], cache: Path) -> dict
         ref = ray.put(arrays)
         put_s = time.perf_counter() - t0
 
-        @ray.remote(num_cpus=1)
-        def from_path(config) -> tuple[float, float]:
+        @ray.remote(num_cpus=1, max_calls=1)  # a fresh worker: nothing of an earlier task kept
+        def from_path(config) -> tuple[float, float, float, float]:
             t0 = time.perf_counter()
-            p = Pipeline.setup(config).load({"maps", "features"})
+            p = Pipeline.setup(config)  # needed either way: splits, labels, backbone
+            setup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            p.load({"maps", "features"})  # memory-maps the trunk maps, checks every file's SHA-256
+            read = time.perf_counter() - t0
             total = sum(
                 float(np.asarray(a, dtype=np.float32).sum())
                 for n in ("maps", "features")
                 for a in p.inputs[n].values()
             )
-            return time.perf_counter() - t0, total
+            return setup, read, time.perf_counter() - t0, total
 
-        @ray.remote(num_cpus=1)
+        @ray.remote(num_cpus=1, max_calls=1)  # a fresh worker: nothing of an earlier task kept
         def from_store(box) -> tuple[float, float, float]:
             t0 = time.perf_counter()
             got = ray.get(box[0])
@@ -127,9 +133,8 @@ def object_store_vs_path(address: str, run_args: list[str], cache: Path) -> dict
             total = sum(float(np.asarray(a, dtype=np.float32).sum()) for a in got.values())
             return fetched, time.perf_counter() - t0, total
 
-        # fresh workers each (max_calls=1): nothing of an earlier task is kept
-        path_s, path_total = ray.get(from_path.options(max_calls=1).remote(config))
-        get_s, get_touch_s, store_total = ray.get(from_store.options(max_calls=1).remote([ref]))
+        setup_s, read_s, read_touch_s, path_total = ray.get(from_path.remote(config))
+        get_s, get_touch_s, store_total = ray.get(from_store.remote([ref]))
         assert path_total == store_total
     finally:
         ray.shutdown()
@@ -139,7 +144,9 @@ def object_store_vs_path(address: str, run_args: list[str], cache: Path) -> dict
         "put_s": round(put_s, 3),
         "task_get_s": round(get_s, 3),
         "task_get_and_sum_s": round(get_touch_s, 3),
-        "task_setup_read_and_sum_s": round(path_s, 3),
+        "task_setup_s": round(setup_s, 3),
+        "task_read_s": round(read_s, 3),
+        "task_read_and_sum_s": round(read_touch_s, 3),
     }
 
 
@@ -154,7 +161,8 @@ def main() -> None:
     cache = w / "cache"
     base = ["run", "--no-progress", "--cache-dir", str(cache), *a.run_args]
     out: dict = {"cpus": a.cpus, "run_args": a.run_args, "nproc": os.cpu_count()}
-    out["cold_local_s"] = round(hashbench([*base, "--out", str(w / "cold")]), 1)
+    fill = ["--methods", "lsh", "--bits", "128", "--no-attribute-queries"]  # cheap once the cache is warm
+    out["fill_cache_s"] = round(hashbench([*base, *fill, "--out", str(w / "fill")]), 1)
     out["local_s"] = round(hashbench([*base, "--out", str(w / "local")]), 1)
     env_cpus = ["--ray-cpus-per-cell", "1"]
     out["ray_own_cluster_s"] = round(
@@ -195,8 +203,9 @@ def main() -> None:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
         head.wait(timeout=60)
     reference = stable(w / "local")
-    out["rows_equal_local"] = {name: stable(w / name) == reference for name in ("cold", "ray", "ray-cluster")}
+    out["rows_equal_local"] = {name: stable(w / name) == reference for name in ("ray", "ray-cluster")}
     out["cell_seconds"] = {name: cell_seconds(w / name) for name in ("local", "ray", "ray-cluster")}
+    out["load_average_1min_before_after"] = LOAD
     (w / "summary.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 

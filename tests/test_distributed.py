@@ -78,6 +78,7 @@ def cluster():
     uses it as it finds it."""
     ray = pytest.importorskip("ray")
     ray.init(
+        address="local",  # a new cluster, never one a stale /tmp/ray/ray_current_cluster names
         num_cpus=2,
         num_gpus=0,
         include_dashboard=False,

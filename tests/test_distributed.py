@@ -94,7 +94,7 @@ def ray_config(local: Path, out: str, **kw):
     return tiny_run_config(local, **GRID, out=local / out, executor="ray", **kw)
 
 
-def test_the_ray_executor_writes_what_the_local_one_does(local, cluster):
+def test_the_ray_executor_writes_what_the_local_one_does(cluster, local):
     rows = run(ray_config(local, "ray"))
     assert len(rows) == N_CELLS
     assert_same_run(local / "ray", local / "local")
@@ -116,7 +116,7 @@ def cell_workers() -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's workers through /proc")
-def test_a_worker_killed_mid_cell_is_retried_and_the_grid_ends_complete(local, cluster):
+def test_a_worker_killed_mid_cell_is_retried_and_the_grid_ends_complete(cluster, local):
     killed: list[int] = []
     stop = threading.Event()
 
@@ -145,7 +145,7 @@ def test_a_worker_killed_mid_cell_is_retried_and_the_grid_ends_complete(local, c
     assert_same_run(local / "killed", local / "local")
 
 
-def test_a_partly_finished_folder_resumes_through_ray(local, cluster):
+def test_a_partly_finished_folder_resumes_through_ray(cluster, local):
     out = local / "resumed"
     run(
         tiny_run_config(local, **{**GRID, "methods": ["lsh"], "method_params": {}}, out=out)

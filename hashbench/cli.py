@@ -92,10 +92,10 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def run_config_of_args(args):
+    """The :class:`~hashbench.pipeline.RunConfig` of parsed ``hashbench run`` arguments (checked)."""
     from .ide import IDEConfig
-    from .report import write_report
-    from .runner import RunConfig, run
+    from .runner import RunConfig
 
     ide_fields = {f.name for f in fields(IDEConfig)}
     ide_opts = parse_params(args.ide, prefix_required=False)
@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
     if args.holdout < 0:
         raise HashbenchError(f"--holdout {args.holdout}: expected a number of training identities (0: off)")
-    config = RunConfig(
+    return RunConfig(
         dataset=args.dataset,
         data_root=args.data_root,
         dataset_options=parse_params(args.dataset_option, prefix_required=False),
@@ -128,11 +128,21 @@ def cmd_run(args) -> int:
         search_backend=args.search,
         finetune=args.finetune,
         engine=args.engine,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_cpus_per_cell=args.ray_cpus_per_cell,
         holdout=args.holdout,
         reference=not args.no_reference,
         attribute_queries=not args.no_attribute_queries,
         progress=not args.no_progress,
     )
+
+
+def cmd_run(args) -> int:
+    from .report import write_report
+    from .runner import run
+
+    config = run_config_of_args(args)
     out = config.results_dir()
     t0 = time.perf_counter()
     run(config)
@@ -332,6 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the search-by-description evaluation of each cell (attribute_queries.csv)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="where the cells are computed: this process (default), or one Ray task per cell "
+        "(pip install -e .[ray]; the cache must be on a filesystem every node shares)",
+    )
+    s.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="--executor ray: the cluster to join (auto, HOST:6379; default: $RAY_ADDRESS, else a new "
+        "local cluster on this machine)",
+    )
+    s.add_argument(
+        "--ray-cpus-per-cell",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="--executor ray: CPUs each cell's task declares, and its torch threads (default 1)",
+    )
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("report", help="tables (Markdown, LaTeX) and plots from a results CSV or directory")

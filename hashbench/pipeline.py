@@ -77,6 +77,10 @@ class RunConfig:
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
     engine: str = "torch"  # what runs the trunk for the feature cache (hashbench.engines)
+    # where the cells are computed (hashbench.distributed); none of these enter a cell's configuration
+    executor: str = "local"  # "local": this process, one cell after another; "ray": Ray tasks
+    ray_address: str | None = None  # an existing Ray cluster ("auto", "HOST:6379"); None: a local one
+    ray_cpus_per_cell: float = 1.0  # the CPUs a cell's task declares (and its torch threads)
 
     def results_dir(self) -> Path:
         """``out``, else ``results/<dataset>`` — and ``results/<dataset>/validation`` for a validation

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .durable import atomic_write, atomic_write_bytes, folder_lock, sweep_temps
+from .durable import atomic_write_bytes, folder_lock, sweep_temps
 from .errors import HashbenchError
 
 log = logging.getLogger(__name__)
@@ -500,8 +500,20 @@ class ResultStore:
         return self.out / "cells" / f"{method}-{bits if bits is not None else 'float'}-{config_hash}.npz"
 
     def save_artifact(self, path: Path, **arrays: np.ndarray) -> str:
+        return self.save_artifact_bytes(path, self.artifact_bytes(**arrays))
+
+    @staticmethod
+    def artifact_bytes(**arrays: np.ndarray) -> bytes:
+        """A cell artifact's file contents: the arrays, ``np.savez_compressed`` (no pickle)."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    def save_artifact_bytes(self, path: Path, data: bytes) -> str:
+        """Write an artifact (:meth:`artifact_bytes`) atomically under the folder lock; returns its path
+        relative to the folder (the row's ``artifact``)."""
         with folder_lock(self.out):
-            atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+            atomic_write_bytes(path, data)
         return str(path.relative_to(self.out))
 
     @staticmethod
@@ -509,33 +521,44 @@ class ResultStore:
         """Where the fitted method of a cell goes: beside its artifact, ``<same stem>.method.pt``."""
         return artifact.with_name(artifact.name[: -len(".npz")] + ".method.pt")
 
-    def save_method(self, artifact: Path, method) -> Path | None:
-        """Save the fitted method beside its artifact (atomic) as tensors and plain data only
+    @staticmethod
+    def method_bytes(method, where: str = "") -> bytes | None:
+        """The fitted method's file contents: tensors and plain data only
         (:func:`hashbench.state.method_state`, then ``torch.save`` of that dict); ``None``, with a
         warning, when its state holds something else (the cell is kept, its method not saved)."""
         import torch
 
         from .state import method_state
 
-        path = self.method_path(artifact)
         try:
             state = method_state(method)
+            buf = io.BytesIO()
+            torch.save(state, buf)
         except Exception as exc:  # a plugin holding something else must not lose the cell
-            log.warning(
-                "fitted method not saved to %s: %s", path, str(exc).splitlines()[0] if str(exc) else exc
-            )
+            log.warning("%sfitted method not saved: %s", where, str(exc).splitlines()[0] if str(exc) else exc)
             return None
+        return buf.getvalue()
+
+    def save_method_bytes(self, artifact: Path, data: bytes) -> Path | None:
+        """Write a fitted method's file (:meth:`method_bytes`) beside its artifact, atomically; ``None``,
+        with a warning, when writing fails (a full disk, say: the cell is kept)."""
+        path = self.method_path(artifact)
         try:
             with folder_lock(self.out):
-                atomic_write(path, lambda f: torch.save(state, f))
+                atomic_write_bytes(path, data)
         except HashbenchError:
             raise
-        except Exception as exc:  # a full disk, say: the cell is kept
+        except Exception as exc:
             log.warning(
                 "fitted method not saved to %s: %s", path, str(exc).splitlines()[0] if str(exc) else exc
             )
             return None
         return path
+
+    def save_method(self, artifact: Path, method) -> Path | None:
+        """Save the fitted method beside its artifact (:meth:`method_bytes`, :meth:`save_method_bytes`)."""
+        data = self.method_bytes(method, f"{self.method_path(artifact)}: ")
+        return None if data is None else self.save_method_bytes(artifact, data)
 
     def save_attribute_queries(self, rows: list[dict]) -> None:
         """Write a cell's attribute-query rows to ``attribute_queries.csv``, replacing any earlier rows of

@@ -5,20 +5,28 @@ cell's recorded configuration (``configs.jsonl``) and its CSV row. Each cell is 
 configuration and seed; finished cells (same config hash) are skipped, so a killed run resumes at the
 cell it was in. The runner never knows a method's internals: the pipeline hands the method a
 :class:`~hashbench.method.View` with exactly the inputs the method declares.
+
+A cell is computed (:func:`compute_cell`: nothing written, a :class:`CellOutcome` returned) in this
+process (``executor="local"``, one cell after another) or as a Ray task (``executor="ray"``,
+:mod:`hashbench.distributed`); either way this process alone commits it (artifact, fitted method,
+configuration record, attribute-query rows, then the row), so resuming works the same for both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, search
+from . import __version__, metrics, search
 from .checks import check_bits, check_writable_dir
 from .configs import read_configs, record_config
+from .distributed import check_executor
 from .durable import claim
 from .errors import HashbenchError
 from .features import resolve_device
@@ -37,7 +45,7 @@ from .results import ResultRow, ResultStore, device_name, git_commit, now
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REFERENCE", "RunConfig", "make_method", "run", "wall_summary"]
+__all__ = ["REFERENCE", "CellOutcome", "RunConfig", "compute_cell", "make_method", "run", "wall_summary"]
 
 
 def schema_json(schema) -> str:
@@ -71,20 +79,17 @@ def class_path(method: HashMethod) -> str:
     return f"{type(method).__module__}:{type(method).__qualname__}"
 
 
-def run_attribute_queries(
-    pipe: Pipeline, store: ResultStore, train_codes, gallery_codes, key: dict, prov: dict, tag: str
-) -> None:
+def attribute_query_rows(pipe: Pipeline, train_codes, gallery_codes, seed: int, tag: str) -> list[dict]:
     """Search by description (:mod:`hashbench.semantic`): a decoder fitted on the training codes and
-    attributes, evaluated on the gallery; rows to ``attribute_queries.csv`` (replacing a killed run's)."""
+    attributes, evaluated on the gallery; the rows of ``attribute_queries.csv`` without their key and
+    provenance (the cell's commit adds those, :meth:`ResultStore.save_attribute_queries`)."""
     from .semantic import AttributeDecoder, evaluate_attribute_queries
 
     t0 = time.perf_counter()
     table = pipe.attributes
     decoder = AttributeDecoder(table.schema).fit(train_codes, table.lookup(pipe.splits.arrays["train"].pids))
     gallery_pids = pipe.splits.arrays["gallery"].pids
-    df = evaluate_attribute_queries(decoder, gallery_codes, gallery_pids, table, seed=prov["seed"])
-    date = now()
-    store.save_attribute_queries([{**key, **r, **prov, "date": date} for r in df.to_dict("records")])
+    df = evaluate_attribute_queries(decoder, gallery_codes, gallery_pids, table, seed=seed)
     first, last = df.iloc[0], df.iloc[-1]
     log.info(
         "%s: attribute queries in %.1f s: rank-1 %.1f with %d attribute(s), %.1f with %d",
@@ -95,6 +100,94 @@ def run_attribute_queries(
         last.rank1,
         last.n_attributes,
     )
+    return df.to_dict("records")
+
+
+@dataclass
+class CellOutcome:
+    """A computed (method, bits) cell before anything of it is written: what its commit (the artifact,
+    the fitted method, its configuration record, its attribute-query rows, then its row, in that order)
+    needs. Plain data and bytes, so that a Ray task can return it to the driver
+    (:mod:`hashbench.distributed`), the one writer of the results folder."""
+
+    evaluation: metrics.Evaluation
+    train_s: float
+    encode_s: float
+    query_ms: float
+    compute_s: float  # wall seconds of fit, encoding, evaluation, attribute queries, serialising
+    artifact: bytes  # the cell's .npz (:meth:`ResultStore.artifact_bytes`)
+    method_state: bytes | None  # the fitted method's file, or None when its state cannot be saved
+    consumes: frozenset
+    layout: dict | None
+    attribute_rows: list[dict] | None  # None: not evaluated
+    device: str  # the device column: where the cell was computed
+
+
+def compute_cell(
+    pipe: Pipeline, config: RunConfig, name: str, bits: int, method: HashMethod, tag: str
+) -> CellOutcome:
+    """Fit, encode, evaluate one cell on ``pipe`` (its inputs loaded), seeded with the run's seed before
+    the fit, so that a cell is a pure function of its configuration whichever process computes it."""
+    consumes = method.consumes  # may depend on the method's hyperparameters (finetune)
+    log.info("%s: training", tag)
+    seed_everything(config.seed)
+    t_cell = time.perf_counter()
+    q, g = pipe.splits.arrays["query"], pipe.splits.arrays["gallery"]
+    context = pipe.context()
+    t0 = time.perf_counter()
+    method.fit(pipe.view("train", consumes), context)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    q_codes = check_codes(method.encode(pipe.view("query", consumes)), len(q.pids), bits, name)
+    g_codes = check_codes(method.encode(pipe.view("gallery", consumes)), len(g.pids), bits, name)
+    encode_s = time.perf_counter() - t0
+    ev, query_ms = pipe.evaluate(q_codes, g_codes)
+    t_codes = None
+    if pipe.attributes is not None:  # the attribute decoder (and explain, query) learn from these
+        t0 = time.perf_counter()
+        n_train = len(pipe.splits.arrays["train"].pids)
+        t_codes = check_codes(method.encode(pipe.view("train", consumes)), n_train, bits, name)
+        log.info("%s: training split encoded in %.1f s (not in encode_s)", tag, time.perf_counter() - t0)
+    artifact = ResultStore.artifact_bytes(
+        ap=ev.ap,
+        cmc=ev.cmc,
+        query_codes=search.pack_codes(q_codes),
+        gallery_codes=search.pack_codes(g_codes),
+        **cell_arrays(pipe, t_codes),
+    )
+    state = ResultStore.method_bytes(method, f"{tag}: ")
+    layout = method.code_layout(context.schema)
+    if layout is not None:
+        check_layout(layout, bits, name)
+    aq = None
+    if config.attribute_queries and t_codes is not None:
+        aq = attribute_query_rows(pipe, t_codes, g_codes, config.seed, tag)
+    return CellOutcome(
+        evaluation=ev,
+        train_s=train_s,
+        encode_s=encode_s,
+        query_ms=query_ms,
+        compute_s=time.perf_counter() - t_cell,
+        artifact=artifact,
+        method_state=state,
+        consumes=frozenset(consumes),
+        layout=layout,
+        attribute_rows=aq,
+        device=device_name(str(pipe.device)),
+    )
+
+
+@dataclass
+class Job:
+    """One cell of the grid as the driver knows it."""
+
+    name: str
+    bits: int
+    method: HashMethod
+    config: dict
+    chash: str
+    done: bool
+    tag: str = ""
 
 
 def run(
@@ -115,6 +208,7 @@ def run(
     check_bits(config.bits)
     check_writable_dir(config.results_dir(), "--out")
     check_writable_dir(resolve_cache_dir(config.cache_dir), "--cache-dir")
+    check_executor(config)  # --executor ray without Ray: one line before any work
     store = ResultStore(config.results_dir())
     store.sweep()  # temp files of a run killed mid-write
     seed_everything(config.seed)
@@ -136,7 +230,7 @@ def run(
     ref_hash = digest_of(ref_config)
     ref_done = store.finished(pipe.name, REFERENCE, None, ref_hash) is not None
     do_reference = config.reference and not ref_done
-    grid = []
+    grid: list[Job] = []
     for name, bits in ((m, b) for m in methods for b in config.bits):
         method = pipe.method(name, bits)
         cfg = pipe.cell_config(method)
@@ -145,23 +239,35 @@ def run(
         if done and chash not in recorded:  # finished by a run that did not record configurations
             schema = pipe.attributes.schema if pipe.attributes is not None else None
             remember(cfg, method, method.consumes, method.code_layout(schema))
-        grid.append((name, bits, method, cfg, chash, done))
+        grid.append(Job(name, bits, method, cfg, chash, done))
+    for k, job in enumerate(grid, 1):
+        job.tag = f"cell {k}/{len(grid)} {job.name} @ {job.bits} bits"
     if ref_done and ref_hash not in recorded:
         remember(ref_config, None, {"features"}, None)
-    pending = [cell for cell in grid if not cell[5]]
+    pending = [job for job in grid if not job.done]
     if config.reference and not do_reference:
         log.info("%s: finished earlier, skipped", REFERENCE)
     if not pending and not do_reference:
         log.info("all %d cells finished earlier (%s); nothing to do", len(grid), store.csv)
         return []
-    need = set().union(*(cell[2].consumes for cell in pending)) | ({"features"} if do_reference else set())
-    pipe.load(need)
+    need = set().union(*(job.method.consumes for job in pending)) | ({"features"} if do_reference else set())
+    pipe.load(need)  # the driver fills the cache; Ray workers only read it
     dev = device_name(str(pipe.device))
     counts = {s: len(pipe.splits.records[s]) for s in ("train", "query", "gallery")}
     rows: list[ResultRow] = []
 
     def emit(
-        method: str, bits: int | None, ev, train_s, encode_s, query_ms, nbytes, chash, artifact, t_cell
+        method: str,
+        bits: int | None,
+        ev,
+        train_s,
+        encode_s,
+        query_ms,
+        nbytes,
+        chash,
+        artifact,
+        cell_s,
+        device,
     ) -> None:
         m = ev.to_dict()
         row = ResultRow(
@@ -177,7 +283,7 @@ def run(
             encode_s=encode_s,
             encode_ms_per_image=1000 * encode_s / (counts["query"] + counts["gallery"]),
             query_ms=query_ms,
-            cell_s=time.perf_counter() - t_cell,
+            cell_s=cell_s,
             bytes_per_code=nbytes,
             n_train=counts["train"],
             n_query=counts["query"],
@@ -185,7 +291,7 @@ def run(
             backbone=f"{pipe.backbone.name}/{pipe.cut}",
             input_size="x".join(map(str, pipe.input_size)),
             seed=config.seed,
-            device=dev,
+            device=device,
             version=__version__,
             commit=commit,
             config_hash=chash,
@@ -196,8 +302,6 @@ def run(
         rows.append(row)
         if on_row:
             on_row(row)
-
-    q, g = pipe.splits.arrays["query"], pipe.splits.arrays["gallery"]
 
     def compute_reference() -> None:
         fq, fg = pipe.inputs["features"]["query"], pipe.inputs["features"]["gallery"]
@@ -217,7 +321,8 @@ def run(
             fq.shape[1] * 4,
             ref_hash,
             art,
-            t_cell,
+            time.perf_counter() - t_cell,
+            dev,
         )
         log.info("%s: mAP %.2f, rank-1 %.2f", REFERENCE, ev.to_dict()["map"], ev.to_dict()["rank1"])
 
@@ -234,54 +339,73 @@ def run(
     if do_reference:
         claimed(REFERENCE, REFERENCE, None, ref_hash, compute_reference)
 
-    def compute_cell(name: str, bits: int, method: HashMethod, cfg: dict, chash: str, tag: str) -> None:
-        consumes = method.consumes  # may depend on the method's hyperparameters (finetune)
-        log.info("%s: training", tag)
-        seed_everything(config.seed)
-        t_cell = time.perf_counter()
-        context = pipe.context()
+    def commit_cell(job: Job, out: CellOutcome) -> None:
+        """Write a computed cell: artifact, fitted method, configuration record, attribute-query rows,
+        then its row (the commit mark). Only the driver calls this, whichever executor computed it."""
         t0 = time.perf_counter()
-        method.fit(pipe.view("train", consumes), context)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        q_codes = check_codes(method.encode(pipe.view("query", consumes)), len(q.pids), bits, name)
-        g_codes = check_codes(method.encode(pipe.view("gallery", consumes)), len(g.pids), bits, name)
-        encode_s = time.perf_counter() - t0
-        ev, query_ms = pipe.evaluate(q_codes, g_codes)
-        t_codes = None
-        if pipe.attributes is not None:  # the attribute decoder (and explain, query) learn from these
-            t0 = time.perf_counter()
-            n_train = len(pipe.splits.arrays["train"].pids)
-            t_codes = check_codes(method.encode(pipe.view("train", consumes)), n_train, bits, name)
-            log.info("%s: training split encoded in %.1f s (not in encode_s)", tag, time.perf_counter() - t0)
-        path = store.artifact_path(name, bits, chash)
-        art = store.save_artifact(
-            path,
-            ap=ev.ap,
-            cmc=ev.cmc,
-            query_codes=search.pack_codes(q_codes),
-            gallery_codes=search.pack_codes(g_codes),
-            **cell_arrays(pipe, t_codes),
+        path = store.artifact_path(job.name, job.bits, job.chash)
+        art = store.save_artifact_bytes(path, out.artifact)
+        if out.method_state is not None:
+            store.save_method_bytes(path, out.method_state)
+        remember(job.config, job.method, out.consumes, out.layout)
+        if out.attribute_rows is not None:
+            key = {"dataset": pipe.name, "method": job.name, "bits": job.bits}
+            prov = {"config_hash": job.chash, "commit": commit, "seed": config.seed, "date": now()}
+            store.save_attribute_queries([{**key, **r, **prov} for r in out.attribute_rows])
+        ev = out.evaluation
+        nbytes = search.bytes_per_code(job.bits)
+        cell_s = out.compute_s + time.perf_counter() - t0
+        emit(
+            job.name,
+            job.bits,
+            ev,
+            out.train_s,
+            out.encode_s,
+            out.query_ms,
+            nbytes,
+            job.chash,
+            art,
+            cell_s,
+            out.device,
         )
-        store.save_method(path, method)
-        layout = method.code_layout(context.schema)
-        if layout is not None:
-            check_layout(layout, bits, name)
-        remember(cfg, method, consumes, layout)
-        if config.attribute_queries and t_codes is not None:
-            key = {"dataset": pipe.name, "method": name, "bits": bits}
-            prov = {"config_hash": chash, "commit": commit, "seed": config.seed}
-            run_attribute_queries(pipe, store, t_codes, g_codes, key, prov, tag)
-        emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art, t_cell)
         d = ev.to_dict()
-        log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", tag, d["map"], d["rank1"], train_s)
+        log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", job.tag, d["map"], d["rank1"], out.train_s)
 
-    for k, (name, bits, method, cfg, chash, done) in enumerate(grid, 1):
-        tag = f"cell {k}/{len(grid)} {name} @ {bits} bits"
-        if done:
-            log.info("%s: finished earlier, skipped", tag)
-            continue
-        claimed(tag, name, bits, chash, lambda: compute_cell(name, bits, method, cfg, chash, tag))  # noqa: B023
+    for job in grid:
+        if job.done:
+            log.info("%s: finished earlier, skipped", job.tag)
+    todo = [job for job in grid if not job.done]
+    if config.executor == "ray":
+        from .distributed import ray_cells
+
+        with contextlib.ExitStack() as held:  # the claims of the cells in flight
+            claims: dict[str, contextlib.ExitStack] = {}
+            submit = []
+            for job in todo:
+                one = held.enter_context(contextlib.ExitStack())
+                if not one.enter_context(claim(store.out, job.chash)):
+                    log.info("%s: being computed by another run, skipped", job.tag)
+                elif store.finished(pipe.name, job.name, job.bits, job.chash) is not None:
+                    log.info("%s: finished by another run, skipped", job.tag)
+                else:
+                    claims[job.chash] = one
+                    submit.append(job)
+                    continue
+                one.close()
+            for job, outcome in ray_cells(config, pipe, submit):  # as they complete
+                commit_cell(job, outcome)
+                claims.pop(job.chash).close()
+    else:
+        for job in todo:
+            claimed(
+                job.tag,
+                job.name,
+                job.bits,
+                job.chash,
+                lambda job=job: commit_cell(
+                    job, compute_cell(pipe, config, job.name, job.bits, job.method, job.tag)
+                ),
+            )
     log.info("%s", wall_summary(rows, time.perf_counter() - t_run))
     return rows
 

@@ -76,6 +76,8 @@ class RunConfig:
     finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
+    decoders: Sequence[str] = ("naive-bayes", "logistic")  # generic attribute decoders (hashbench.decoders)
+    photo_description: bool = True  # photo + description queries per cell (with attribute_queries)
     engine: str = "torch"  # what runs the trunk for the feature cache (hashbench.engines)
 
     def results_dir(self) -> Path:

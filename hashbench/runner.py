@@ -72,29 +72,56 @@ def class_path(method: HashMethod) -> str:
 
 
 def run_attribute_queries(
-    pipe: Pipeline, store: ResultStore, train_codes, gallery_codes, key: dict, prov: dict, tag: str
+    pipe: Pipeline,
+    store: ResultStore,
+    method: HashMethod,
+    codes: dict[str, np.ndarray],
+    key: dict,
+    prov: dict,
+    tag: str,
 ) -> None:
-    """Search by description (:mod:`hashbench.semantic`): a decoder fitted on the training codes and
-    attributes, evaluated on the gallery; rows to ``attribute_queries.csv`` (replacing a killed run's)."""
-    from .semantic import AttributeDecoder, evaluate_attribute_queries
+    """Search by description (:mod:`hashbench.describe`): each decoder (``--decoders``, then the method's
+    own) fitted on the training codes and attributes, evaluated on the gallery (and photo + description
+    on the queries); rows to ``attribute_queries.csv`` and ``photo_description.csv`` (replacing a killed
+    run's)."""
+    from .decoders import make_decoders
+    from .describe import CellCodes, describe_cell
 
-    t0 = time.perf_counter()
     table = pipe.attributes
-    decoder = AttributeDecoder(table.schema).fit(train_codes, table.lookup(pipe.splits.arrays["train"].pids))
-    gallery_pids = pipe.splits.arrays["gallery"].pids
-    df = evaluate_attribute_queries(decoder, gallery_codes, gallery_pids, table, seed=prov["seed"])
-    date = now()
-    store.save_attribute_queries([{**key, **r, **prov, "date": date} for r in df.to_dict("records")])
-    first, last = df.iloc[0], df.iloc[-1]
-    log.info(
-        "%s: attribute queries in %.1f s: rank-1 %.1f with %d attribute(s), %.1f with %d",
-        tag,
-        time.perf_counter() - t0,
-        first.rank1,
-        first.n_attributes,
-        last.rank1,
-        last.n_attributes,
+    decoders = make_decoders(pipe.config.decoders, table.schema, pipe.registry)
+    own = method.decoder(table.schema)
+    if own is not None:
+        decoders.append(own)
+    arrays = pipe.splits.arrays
+    cell = CellCodes(
+        train_codes=codes["train"],
+        train_attributes=table.lookup(arrays["train"].pids),
+        query_codes=codes["query"],
+        query_pids=arrays["query"].pids,
+        query_camids=arrays["query"].camids,
+        gallery_codes=codes["gallery"],
+        gallery_pids=arrays["gallery"].pids,
+        gallery_camids=arrays["gallery"].camids,
+        table=table,
     )
+    aq_rows, pd_rows = describe_cell(decoders, cell, key, prov, pipe.config.photo_description, tag)
+    store.save_attribute_queries(aq_rows)
+    if pd_rows:
+        store.save_photo_description(pd_rows)
+
+
+def run_oracle(pipe: Pipeline, store: ResultStore, commit: str) -> None:
+    """The oracle rows of the folder (:func:`hashbench.describe.write_oracle`), unless stored already."""
+    from .describe import has_oracle, oracle_hash, write_oracle
+
+    gallery = pipe.splits.arrays["gallery"].pids
+    chash = oracle_hash(
+        pipe.base_config["dataset"], pipe.base_config["dataset_digest"], gallery, pipe.config.seed
+    )
+    if has_oracle(store, pipe.name, chash):
+        return
+    schema = pipe.attributes.schema
+    write_oracle(store, pipe.name, schema, gallery, pipe.attributes, chash, commit, pipe.config.seed)
 
 
 def run(
@@ -111,6 +138,8 @@ def run(
     for name in methods:
         registry.method(name)  # unknown name: error before any work
     check_method_params(methods, registry, config.method_params)
+    for name in config.decoders:
+        registry.decoder(name)  # unknown decoder: error before any work
     resolve_device(config.device)  # a bad --device fails before any data is read
     check_bits(config.bits)
     check_writable_dir(config.results_dir(), "--out")
@@ -148,6 +177,8 @@ def run(
         grid.append((name, bits, method, cfg, chash, done))
     if ref_done and ref_hash not in recorded:
         remember(ref_config, None, {"features"}, None)
+    if config.attribute_queries and pipe.attributes is not None:  # the ceiling: true attributes
+        run_oracle(pipe, store, commit)
     pending = [cell for cell in grid if not cell[5]]
     if config.reference and not do_reference:
         log.info("%s: finished earlier, skipped", REFERENCE)
@@ -271,7 +302,8 @@ def run(
         if config.attribute_queries and t_codes is not None:
             key = {"dataset": pipe.name, "method": name, "bits": bits}
             prov = {"config_hash": chash, "commit": commit, "seed": config.seed}
-            run_attribute_queries(pipe, store, t_codes, g_codes, key, prov, tag)
+            codes = {"train": t_codes, "query": q_codes, "gallery": g_codes}
+            run_attribute_queries(pipe, store, method, codes, key, prov, tag)
         emit(name, bits, ev, train_s, encode_s, query_ms, search.bytes_per_code(bits), chash, art, t_cell)
         d = ev.to_dict()
         log.info("%s: mAP %.2f, rank-1 %.2f (train %.1f s)", tag, d["map"], d["rank1"], train_s)

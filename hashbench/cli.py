@@ -63,7 +63,7 @@ def _value(text: str):
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
-def parse_params(items: list[str], prefix_required: bool = True) -> dict:
+def parse_params(items: list[str], prefix_required: bool = True, option: str = "--param") -> dict:
     """``method.key=value`` items -> {method: {key: value}} (or {key: value} without prefixes)."""
     out: dict = {}
     for item in items or []:
@@ -73,7 +73,8 @@ def parse_params(items: list[str], prefix_required: bool = True) -> dict:
         if prefix_required:
             method, dot, name = key.partition(".")
             if not dot:
-                raise HashbenchError(f"--param {item!r}: expected METHOD.KEY=VALUE, e.g. itq.n_iter=20")
+                example = "logistic.C=0.2" if option == "--decoder-param" else "itq.n_iter=20"
+                raise HashbenchError(f"{option} {item!r}: expected NAME.KEY=VALUE, e.g. {example}")
             out.setdefault(method, {})[name] = _value(value)
         else:
             out[key] = _value(value)
@@ -133,6 +134,7 @@ def cmd_run(args) -> int:
         reference=not args.no_reference,
         attribute_queries=not args.no_attribute_queries,
         decoders=parse_decoders(args.decoders),
+        decoder_params=parse_params(args.decoder_param, option="--decoder-param"),
         photo_description=not args.no_photo_description,
         progress=not args.no_progress,
     )
@@ -209,6 +211,7 @@ def cmd_describe(args) -> int:
         bits[0] if bits else None,
         parse_decoders(args.decoders),
         photo_description=not args.no_photo_description,
+        decoder_params=parse_params(args.decoder_param, option="--decoder-param"),
     )
     print(write_report(args.results).markdown)
     print("written: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
@@ -384,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the photo + description queries of each cell (photo_description.csv)",
     )
+    s.add_argument(
+        "--decoder-param",
+        action="append",
+        default=[],
+        metavar="DECODER.KEY=VALUE",
+        help="a decoder hyperparameter, e.g. logistic.C=0.2 (its rows are then named logistic(C=0.2)); repeatable",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)
 
@@ -411,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", help="one code length (default: every length in the results)")
     s.add_argument("--decoders", default="naive-bayes,logistic", help="generic decoders (default: both)")
     s.add_argument("--no-photo-description", action="store_true", help="skip photo + description")
+    s.add_argument(
+        "--decoder-param",
+        action="append",
+        default=[],
+        metavar="DECODER.KEY=VALUE",
+        help="a decoder hyperparameter, e.g. logistic.C=0.2 (its rows are then named logistic(C=0.2)); repeatable",
+    )
     s.set_defaults(func=cmd_describe)
 
     s = sub.add_parser(

@@ -341,17 +341,45 @@ def hashbench_register_decoders() -> list[type]:
     return builtin_decoders()
 
 
-def make_decoders(names, schema: AttributeSchema, registry=None) -> list[Decoder]:
-    """Instances of the named generic decoders (``--decoders``), in order; unknown names: one line
-    naming the valid ones (``registry``: the loaded plugins; default: hashbench's own decoders)."""
+def make_decoders(
+    names, schema: AttributeSchema, registry=None, params: dict[str, dict] | None = None
+) -> list[Decoder]:
+    """Instances of the named generic decoders (``--decoders``), in order, with their hyperparameters
+    (``--decoder-param NAME.KEY=VALUE``, ``params[name]``); a decoder with non-default ones is named
+    ``name(key=value,...)`` in the rows, so that they never pass for the default. Unknown names and
+    keys: one line naming the valid ones (``registry``: the loaded plugins; default: hashbench's own)."""
+    import inspect
+
+    params = params or {}
     if registry is None:
         table = {k.name: k for k in builtin_decoders()}
         for name in names:
             if name not in table:
                 valid = ", ".join(sorted(table))
                 raise HashbenchError(f"--decoders: unknown decoder {name!r}; valid: {valid}")
-        return [table[name](schema) for name in names]
-    return [registry.decoder(name)(schema) for name in names]
+        pick = table.__getitem__
+    else:
+        pick = registry.decoder
+    for name in params:
+        if name not in names:
+            raise HashbenchError(
+                f"--decoder-param {name}.*: {name!r} is not among --decoders ({', '.join(names)})"
+            )
+    out = []
+    for name in names:
+        klass = pick(name)
+        given = dict(params.get(name, {}))
+        valid = [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "schema")]
+        bad = [k for k in given if k not in valid]
+        if bad:
+            raise HashbenchError(
+                f"--decoder-param {name}.{bad[0]}: unknown; valid: {', '.join(valid) or '(none)'}"
+            )
+        decoder = klass(schema, **given)
+        if given:
+            decoder.name = f"{name}({','.join(f'{k}={v}' for k, v in sorted(given.items()))})"
+        out.append(decoder)
+    return out
 
 
 __all__ = ["DEFAULT_DECODERS", "Decoder", "LogisticDecoder", "builtin_decoders", "make_decoders"]

@@ -159,6 +159,7 @@ def describe_results(
     bits: int | None = None,
     decoders: Sequence[str] | None = None,
     photo_description: bool = True,
+    decoder_params: dict[str, dict] | None = None,
 ) -> dict[str, int]:
     """``hashbench describe``: search by description again for finished cells, from their artifacts
     (codes, labels, attributes; nothing refitted but the decoders), with the decoders of this version,
@@ -169,6 +170,7 @@ def describe_results(
 
     from .cells import load_cell, read_rows
     from .configs import read_configs
+    from .data import AttributeGroup, AttributeSchema
     from .decoders import DEFAULT_DECODERS, make_decoders
     from .errors import HashbenchError
     from .explain import select_cells
@@ -181,8 +183,8 @@ def describe_results(
     chosen = select_cells(results_dir, methods, bits)
     registry = Registry.load()
     names = list(decoders or DEFAULT_DECODERS)
-    for name in names:
-        registry.decoder(name)
+    probe = AttributeSchema((AttributeGroup("probe", ("a", "b"), ("probe",)),))
+    make_decoders(names, probe, registry, decoder_params)  # bad names and keys: before any work
     store = ResultStore(results_dir)
     commit = git_commit()
     records = read_configs(results_dir)
@@ -212,7 +214,7 @@ def describe_results(
             gallery_camids=cell.arrays.get("gallery_camids"),
             table=table,
         )
-        chosen_decoders = make_decoders(names, schema, registry)
+        chosen_decoders = make_decoders(names, schema, registry, decoder_params)
         try:
             fitted = cell.fitted_method(Context(schema=schema), registry=registry)
             own = fitted.decoder(schema) if fitted is not None else None

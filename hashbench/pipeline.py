@@ -77,6 +77,7 @@ class RunConfig:
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
     decoders: Sequence[str] = ("naive-bayes", "logistic")  # generic attribute decoders (hashbench.decoders)
+    decoder_params: dict[str, dict] = field(default_factory=dict)  # decoder name -> hyperparameters
     photo_description: bool = True  # photo + description queries per cell (with attribute_queries)
     engine: str = "torch"  # what runs the trunk for the feature cache (hashbench.engines)
 

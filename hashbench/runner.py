@@ -88,7 +88,7 @@ def run_attribute_queries(
     from .describe import CellCodes, describe_cell
 
     table = pipe.attributes
-    decoders = make_decoders(pipe.config.decoders, table.schema, pipe.registry)
+    decoders = make_decoders(pipe.config.decoders, table.schema, pipe.registry, pipe.config.decoder_params)
     own = method.decoder(table.schema)
     if own is not None:
         decoders.append(own)
@@ -138,8 +138,12 @@ def run(
     for name in methods:
         registry.method(name)  # unknown name: error before any work
     check_method_params(methods, registry, config.method_params)
-    for name in config.decoders:
-        registry.decoder(name)  # unknown decoder: error before any work
+    if config.attribute_queries:  # an unknown decoder or hyperparameter: an error before any work
+        from .data import AttributeGroup, AttributeSchema
+        from .decoders import make_decoders
+
+        probe = AttributeSchema((AttributeGroup("probe", ("a", "b"), ("probe",)),))
+        make_decoders(config.decoders, probe, registry, config.decoder_params)
     resolve_device(config.device)  # a bad --device fails before any data is read
     check_bits(config.bits)
     check_writable_dir(config.results_dir(), "--out")

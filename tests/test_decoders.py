@@ -275,3 +275,12 @@ def test_balanced_accuracy_by_hand():
     # identities as the unit: value 0 has 2 identities (5, 6), value 1 one (7)
     assert se == pytest.approx(np.sqrt((2 / 3) * (1 / 3) / 2 + 0.0) / 2)
     assert balanced_accuracy(np.array([1, 1]), np.array([1, 1]))[:1] == (1.0,)
+
+
+def test_decoder_hyperparameters_name_their_rows():
+    nb, lr = make_decoders(["naive-bayes", "logistic"], SCHEMA, params={"logistic": {"C": 0.2}})
+    assert (nb.name, lr.name, lr.C) == ("naive-bayes", "logistic(C=0.2)", 0.2)
+    with pytest.raises(HashbenchError, match="valid: C, max_iter"):
+        make_decoders(["logistic"], SCHEMA, params={"logistic": {"c": 1}})
+    with pytest.raises(HashbenchError, match="not among --decoders"):
+        make_decoders(["logistic"], SCHEMA, params={"naive-bayes": {"prior": 1}})

@@ -258,6 +258,7 @@ class LogisticDecoder(Decoder):
     def fit(self, codes: np.ndarray, attributes: np.ndarray) -> LogisticDecoder:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
         codes = check_codes(codes, "training codes")
         attributes = self._attributes(attributes, len(codes), "training attributes")
@@ -281,7 +282,9 @@ class LogisticDecoder(Decoder):
                 present[a : a + k] = True
                 continue
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=1e-4)
-            with warnings.catch_warnings(record=True) as caught:
+            # one BLAS/OpenMP thread: on a loaded 2-core machine scikit-learn's threaded loss ran 25x
+            # slower (82 L-BFGS iterations, 67 s against 2.7 s on Market-1501's 128-bit SDH codes)
+            with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
                 clf.fit(x[known], y)
             if any(issubclass(w.category, ConvergenceWarning) for w in caught):

@@ -28,7 +28,8 @@ AQ_NOTE = (
     "description's joint log-likelihood; a method's own, e.g. deepssh-readout) ranks the gallery's test "
     "identities for n of an identity's attributes (seeded random subsets, the same for every method). "
     "*oracle*: the true attributes of every identity, ties broken at random (seeded): the ceiling of "
-    "any ranking by description. Rank-k: an image of that identity in the first k; P@10: share of the "
+    "any ranking by description in expectation (one draw of the ties: at small n, where thousands of "
+    "images tie, a method can pass it by chance). Rank-k: an image of that identity in the first k; P@10: share of the "
     "first 10 whose identity has all the queried values. Ties broken by gallery order; bold: the best "
     "method of each column (the oracle aside)."
 )

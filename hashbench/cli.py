@@ -63,7 +63,7 @@ def _value(text: str):
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
-def parse_params(items: list[str], prefix_required: bool = True) -> dict:
+def parse_params(items: list[str], prefix_required: bool = True, option: str = "--param") -> dict:
     """``method.key=value`` items -> {method: {key: value}} (or {key: value} without prefixes)."""
     out: dict = {}
     for item in items or []:
@@ -73,7 +73,8 @@ def parse_params(items: list[str], prefix_required: bool = True) -> dict:
         if prefix_required:
             method, dot, name = key.partition(".")
             if not dot:
-                raise HashbenchError(f"--param {item!r}: expected METHOD.KEY=VALUE, e.g. itq.n_iter=20")
+                example = "logistic.C=0.2" if option == "--decoder-param" else "itq.n_iter=20"
+                raise HashbenchError(f"{option} {item!r}: expected NAME.KEY=VALUE, e.g. {example}")
             out.setdefault(method, {})[name] = _value(value)
         else:
             out[key] = _value(value)
@@ -84,7 +85,8 @@ def cmd_list(args) -> int:
     from .registry import Registry
 
     reg = Registry.load()
-    for kind, table in (("methods", reg.methods), ("datasets", reg.datasets), ("backbones", reg.backbones)):
+    kinds = (("methods", reg.methods), ("datasets", reg.datasets), ("backbones", reg.backbones))
+    for kind, table in (*kinds, ("decoders", reg.decoders)):
         print(f"{kind}:")
         for name, klass in sorted(table.items()):
             origin = klass.__module__.split(".")[0]
@@ -134,6 +136,9 @@ def run_config_of_args(args):
         holdout=args.holdout,
         reference=not args.no_reference,
         attribute_queries=not args.no_attribute_queries,
+        decoders=parse_decoders(args.decoders),
+        decoder_params=parse_params(args.decoder_param, option="--decoder-param"),
+        photo_description=not args.no_photo_description,
         progress=not args.no_progress,
     )
 
@@ -169,6 +174,7 @@ def cmd_report(args) -> int:
         cmc_bits=tuple(parse_bits(args.cmc_bits)),
         paper=args.paper,
         aq_bits=_one_length(args.aq_bits, "--aq-bits") if args.aq_bits else None,
+        alpha_from=args.alpha_from,
     )
     print(report.markdown)
     print("written: " + ", ".join(sorted(str(p) for p in report.values())))
@@ -191,6 +197,45 @@ def cmd_leaderboard(args) -> int:
     if args.out:
         check_writable_file(args.out, "--out")
     print(f"written: {leaderboard.write(Path(args.root), Path(args.out) if args.out else None)}")
+    return 0
+
+
+def parse_decoders(text: str) -> list[str]:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    if not names:
+        raise HashbenchError("--decoders: give at least one decoder (see `hashbench list`)")
+    return names
+
+
+def cmd_describe(args) -> int:
+    from .describe import describe_results
+    from .report import write_report
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    bits = parse_bits(args.bits) if args.bits else None
+    if bits is not None and len(bits) != 1:
+        raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    counts = describe_results(
+        args.results,
+        methods,
+        bits[0] if bits else None,
+        parse_decoders(args.decoders),
+        photo_description=not args.no_photo_description,
+        decoder_params=parse_params(args.decoder_param, option="--decoder-param"),
+    )
+    print(write_report(args.results).markdown)
+    print("written: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
+    return 0
+
+
+def cmd_pick_alpha(args) -> int:
+    from .report import pick_alpha
+
+    if args.out:
+        check_writable_file(args.out, "--out")
+    path = pick_alpha(args.validation, args.out)
+    print(path.read_text())
+    print(f"written: {path}")
     return 0
 
 
@@ -341,6 +386,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the search-by-description evaluation of each cell (attribute_queries.csv)",
     )
+    s.add_argument(
+        "--decoders",
+        default="naive-bayes,logistic",
+        help="generic attribute decoders of search by description (default naive-bayes,logistic; a "
+        "method's own decoder, e.g. DeepSSH's readout, is evaluated too)",
+    )
+    s.add_argument(
+        "--no-photo-description",
+        action="store_true",
+        help="skip the photo + description queries of each cell (photo_description.csv)",
+    )
+    s.add_argument(
+        "--decoder-param",
+        action="append",
+        default=[],
+        metavar="DECODER.KEY=VALUE",
+        help="a decoder hyperparameter, e.g. logistic.C=0.2 (its rows are then named logistic(C=0.2)); repeatable",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.add_argument(
         "--executor",
@@ -372,7 +435,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--aq-bits", help="code length of the attribute-query table and plot (default: the longest)"
     )
+    s.add_argument(
+        "--alpha-from",
+        help="photo + description: the alpha choice of `hashbench pick-alpha` (file or validation folder; "
+        "default: RESULTS/validation/photo_description_alpha.csv)",
+    )
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser(
+        "describe",
+        help="search by description again for finished cells, from their artifacts (every decoder, the oracle)",
+    )
+    s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
+    s.add_argument("--methods", help="comma-separated methods (default: every hash method in the results)")
+    s.add_argument("--bits", help="one code length (default: every length in the results)")
+    s.add_argument("--decoders", default="naive-bayes,logistic", help="generic decoders (default: both)")
+    s.add_argument("--no-photo-description", action="store_true", help="skip photo + description")
+    s.add_argument(
+        "--decoder-param",
+        action="append",
+        default=[],
+        metavar="DECODER.KEY=VALUE",
+        help="a decoder hyperparameter, e.g. logistic.C=0.2 (its rows are then named logistic(C=0.2)); repeatable",
+    )
+    s.set_defaults(func=cmd_describe)
+
+    s = sub.add_parser(
+        "pick-alpha", help="photo + description: choose alpha on a validation (--holdout) run and record it"
+    )
+    s.add_argument("validation", help="the validation results folder (e.g. results/market1501/validation)")
+    s.add_argument("--out", help="file to write (default: VALIDATION/photo_description_alpha.csv)")
+    s.set_defaults(func=cmd_pick_alpha)
 
     s = sub.add_parser("leaderboard", help="LEADERBOARD.md from every committed results.csv under a folder")
     s.add_argument("root", nargs="?", default="results", help="folder to scan (default: results)")

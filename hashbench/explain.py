@@ -2,11 +2,24 @@
 
 For each finished cell (method, bits) of a results directory, read back from its artifact:
 
-* **Attribute prediction** per attribute group: an :class:`~hashbench.semantic.AttributeDecoder` fitted on
-  the training codes and identity attributes predicts each gallery image's value from its code; the
-  accuracy is measured on the gallery images of test identities (pid > 0) whose value is known, next to
-  chance (1 / number of values) and the majority-class baseline (always answer the most frequent value
-  of the training labels, scored on the same images).
+* **Attribute prediction** per attribute group, by the calibrated decoder
+  (:class:`~hashbench.decoders.LogisticDecoder`, per group an L2 logistic regression on the bits) fitted
+  on the training codes and identity attributes, measured on the gallery images of test identities
+  (pid > 0) whose value is known:
+
+  - ``accuracy``: of the most probable value, next to the majority-class baseline (always answer the
+    most frequent training value, scored on the same images) and chance (1 / number of values);
+  - ``balanced_accuracy``: the mean over the values present of each value's recall, of the
+    prior-corrected decision (``argmax P(v | code) / P(v)``, the Bayes decision for it). Always-majority
+    scores ``1 / k`` here (``majority_balanced``, k the values present): on an imbalanced group (hat:
+    97 % "no" on Market-1501) accuracy rewards saying "no", balanced accuracy does not;
+  - ``carried``: the group counts as carried by the codes only when its balanced accuracy beats
+    majority's by more than two standard errors, ``SE = sqrt(sum_v r_v (1 - r_v) / m_v) / k`` with
+    ``r_v`` the value's recall and ``m_v`` the number of test *identities* with it (attributes are
+    identity-level, so an identity's images are not independent evidence);
+  - ``nb_accuracy``: the accuracy of the naive-Bayes decoder (:class:`~hashbench.semantic.AttributeDecoder`)
+    that search by description used before, for comparison (it is not calibrated on imbalanced groups
+    and can fall below majority).
 * **Which bits carry which group**: the mutual information, in bits, between each bit and each group on
   the training codes (images with a known value). A bit that copies a binary attribute has MI equal to
   the attribute's entropy; a bit independent of it, 0.
@@ -43,9 +56,14 @@ CSV_COLUMNS = (
     "group",
     "n_values",
     "n_test",
+    "decoder",
     "accuracy",
+    "balanced_accuracy",
     "chance",
     "majority",
+    "majority_balanced",
+    "carried",
+    "nb_accuracy",
     "entropy",
     "mi_max",
     "mi_sum",
@@ -127,6 +145,11 @@ class Explanation:
     entropy: np.ndarray  # (G,) of the training labels
     mi: np.ndarray  # (bits, G)
     segments: dict[str, tuple[int, int]] | None
+    balanced: np.ndarray | None = None  # (G,) balanced accuracy of the prior-corrected decision
+    majority_balanced: np.ndarray | None = None  # (G,) always-majority's: 1 / values present
+    carried: np.ndarray | None = None  # (G,) bool: balanced beats majority by > 2 SE
+    nb_accuracy: np.ndarray | None = None  # (G,) the naive-Bayes decoder's accuracy
+    decoder: str = "logistic"
 
     def segment_share(self, g: int) -> float:
         """Share of group ``g``'s total MI (over all bits) that lies in its own reserved segment."""
@@ -147,9 +170,14 @@ class Explanation:
                     "group": name,
                     "n_values": self.n_values[g],
                     "n_test": int(self.n_test[g]),
+                    "decoder": self.decoder,
                     "accuracy": _num(self.accuracy[g]),
+                    "balanced_accuracy": _num(_at(self.balanced, g)),
                     "chance": _num(self.chance[g]),
                     "majority": _num(self.majority[g]),
+                    "majority_balanced": _num(_at(self.majority_balanced, g)),
+                    "carried": "" if self.carried is None else ("yes" if self.carried[g] else "no"),
+                    "nb_accuracy": _num(_at(self.nb_accuracy, g)),
                     "entropy": _num(self.entropy[g]),
                     "mi_max": _num(self.mi[:, g].max()),
                     "mi_sum": _num(self.mi[:, g].sum()),
@@ -165,6 +193,32 @@ def _num(x: float) -> str:
     return "" if not np.isfinite(x) else f"{x:.4f}"
 
 
+def _at(a: np.ndarray | None, g: int) -> float:
+    return float("nan") if a is None else float(a[g])
+
+
+def balanced_accuracy(
+    predicted: np.ndarray, truth: np.ndarray, ids: np.ndarray | None = None
+) -> tuple[float, float, int]:
+    """(balanced accuracy, its standard error, values present) of ``predicted`` against ``truth``.
+
+    Balanced accuracy: the mean over the values present in ``truth`` of each value's recall. Standard
+    error ``sqrt(sum_v r_v (1 - r_v) / m_v) / k``, ``m_v`` the number of distinct ``ids`` with value ``v``
+    (its images when ``ids`` is None): identities, not images, are the independent draws."""
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    values = np.unique(truth)
+    if len(values) == 0:
+        return float("nan"), float("nan"), 0
+    recalls, var = [], 0.0
+    for v in values:
+        mine = truth == v
+        r = float((predicted[mine] == v).mean())
+        m = len(np.unique(ids[mine])) if ids is not None else int(mine.sum())
+        recalls.append(r)
+        var += r * (1 - r) / max(m, 1)
+    return float(np.mean(recalls)), float(np.sqrt(var) / len(values)), len(values)
+
+
 def segments_of(cell: Cell) -> dict[str, tuple[int, int]] | None:
     """The cell's code layout (name -> (start, stop)) as the runner recorded it in ``configs.jsonl``
     (:meth:`hashbench.method.HashMethod.code_layout`), or ``None`` when the method declares none."""
@@ -172,7 +226,9 @@ def segments_of(cell: Cell) -> dict[str, tuple[int, int]] | None:
 
 
 def explain_cell(cell: Cell, **decoder_params) -> Explanation:
-    """Attribute prediction accuracy and bit/group MI of one cell."""
+    """Attribute prediction (calibrated decoder, accuracy and balanced accuracy; naive Bayes beside it)
+    and bit/group MI of one cell. ``decoder_params``: hyperparameters of the logistic decoder."""
+    from .decoders import LogisticDecoder
     from .semantic import AttributeDecoder
 
     cell.require(*NEEDED)
@@ -182,18 +238,29 @@ def explain_cell(cell: Cell, **decoder_params) -> Explanation:
     n_values = [len(g.values) for g in schema.groups]
     train_codes, gallery_codes = cell.codes("train"), cell.codes("gallery")
     train_attr, gallery_attr = cell.attributes("train"), cell.attributes("gallery")
-    decoder = AttributeDecoder(schema, **decoder_params).fit(train_codes, train_attr)
-    predicted = np.asarray(decoder.predict(gallery_codes))
-    test = np.asarray(cell.arrays["gallery_pids"]) > 0
+    decoder = LogisticDecoder(schema, **decoder_params).fit(train_codes, train_attr)
+    plain = np.asarray(decoder.predict(gallery_codes))
+    corrected = np.asarray(decoder.predict(gallery_codes, balanced=True))
+    nb = np.asarray(AttributeDecoder(schema).fit(train_codes, train_attr).predict(gallery_codes))
+    pids = np.asarray(cell.arrays["gallery_pids"])
+    test = pids > 0
     G = len(schema)
-    accuracy, majority, n_test = np.full(G, np.nan), np.full(G, np.nan), np.zeros(G, dtype=int)
+    nan = lambda: np.full(G, np.nan)  # noqa: E731
+    accuracy, majority, nb_accuracy, balanced, majority_bal = nan(), nan(), nan(), nan(), nan()
+    carried = np.zeros(G, dtype=bool)
+    n_test = np.zeros(G, dtype=int)
     for g in range(G):
         mask = test & (gallery_attr[:, g] >= 0)
         n_test[g] = mask.sum()
         if n_test[g]:
             truth = gallery_attr[mask, g]
-            accuracy[g] = float((predicted[mask, g] == truth).mean())
-            majority[g] = float((truth == majority_value(train_attr[:, g], n_values[g])).mean())
+            major = majority_value(train_attr[:, g], n_values[g])
+            accuracy[g] = float((plain[mask, g] == truth).mean())
+            nb_accuracy[g] = float((nb[mask, g] == truth).mean())
+            majority[g] = float((truth == major).mean())
+            balanced[g], se, k = balanced_accuracy(corrected[mask, g], truth, pids[mask])
+            majority_bal[g] = (1.0 / k) if major in set(truth.tolist()) else 0.0
+            carried[g] = bool(balanced[g] - majority_bal[g] > 2 * se)
     return Explanation(
         dataset=cell.dataset,
         method=cell.method,
@@ -207,6 +274,11 @@ def explain_cell(cell: Cell, **decoder_params) -> Explanation:
         entropy=np.array([entropy(train_attr[:, g], n_values[g]) for g in range(G)]),
         mi=mi_matrix(train_codes, train_attr, n_values),
         segments=segments_of(cell),
+        balanced=balanced,
+        majority_balanced=majority_bal,
+        carried=carried,
+        nb_accuracy=nb_accuracy,
+        decoder=decoder.name,
     )
 
 
@@ -295,30 +367,36 @@ def plot_explanation(ex: Explanation, path: Path) -> Path:
 
     ax3 = fig.add_subplot(grid[1, 1])
     y = np.arange(G)
-    ax3.barh(y, ex.accuracy * 100, height=0.6, color="#1f77b4", label="from codes")
-    ax3.scatter(ex.majority * 100, y, marker="|", s=120, color="#d62728", label="majority", zorder=3)
+    h = 0.38
+    ax3.barh(y - h / 2, ex.accuracy * 100, height=h, color="#1f77b4", label="accuracy")
+    if ex.balanced is not None:
+        colors = ["#2ca02c" if c else "#98df8a" for c in ex.carried]
+        ax3.barh(y + h / 2, ex.balanced * 100, height=h, color=colors, label="balanced accuracy")
+        ax3.scatter(ex.majority_balanced * 100, y + h / 2, marker="|", s=60, color="#ff7f0e",
+                    label="majority, balanced (1/k)", zorder=3)  # fmt: skip
+    ax3.scatter(ex.majority * 100, y - h / 2, marker="|", s=60, color="#d62728", label="majority", zorder=3)
     ax3.scatter(ex.chance * 100, y, marker="|", s=120, color="0.3", label="chance", zorder=3)
-    ax3.set_yticks(y, ex.groups, fontsize=8)
+    names = [f"{n} ✓" if ex.carried is not None and ex.carried[g] else n for g, n in enumerate(ex.groups)]
+    ax3.set_yticks(y, names, fontsize=8)
     ax3.invert_yaxis()
     ax3.set_xlim(0, 100)
-    ax3.set_xlabel("accuracy (%), gallery of test ids")
-    ax3.set_title("attribute prediction from codes", fontsize=10)
+    ax3.set_xlabel("%, gallery of test ids (✓ carried: balanced > majority + 2 SE)", fontsize=8)
+    ax3.set_title(f"attribute prediction from codes ({ex.decoder} decoder)", fontsize=10)
     ax3.grid(True, axis="x", alpha=0.3)
-    ax3.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    ax3.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     return save_figure(fig, path)
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    """One table per code length: methods × groups accuracy (%), then the majority and chance rows.
+    """One table per code length: methods x groups, each cell ``accuracy / balanced accuracy`` (%) of the
+    calibrated decoder, the balanced one bold where the group is carried; then always-majority and
+    chance, and the naive-Bayes accuracy for comparison.
 
     ``rows`` are ``explain.csv`` rows (:meth:`Explanation.rows`, or read back from the file)."""
     from tabulate import tabulate
 
-    def pct(value: str, star: bool = False) -> str:
-        if value in ("", None):
-            return "–"
-        text = f"{100 * float(value):.1f}"
-        return f"*{text}*" if star else text
+    def pct(value: str | None) -> str:
+        return "–" if value in ("", None) else f"{100 * float(value):.1f}"
 
     parts = []
     for bits in sorted({int(r["bits"]) for r in rows}):
@@ -326,18 +404,41 @@ def markdown(rows: Sequence[dict]) -> str:
         methods = list(dict.fromkeys(r["method"] for r in at))
         groups = list(dict.fromkeys(r["group"] for r in at))
         cell = {(r["method"], r["group"]): r for r in at}
-        table = [
-            [m, *(pct(cell[m, g]["accuracy"]) if (m, g) in cell else "–" for g in groups)] for m in methods
-        ]
+
+        def both(r: dict) -> str:
+            bal = pct(r.get("balanced_accuracy"))
+            return f"{pct(r['accuracy'])} / " + (f"**{bal}**" if r.get("carried") == "yes" else bal)
+
+        table = [[m, *(both(cell[m, g]) if (m, g) in cell else "–" for g in groups)] for m in methods]
         base = {g: next(r for r in at if r["group"] == g) for g in groups}
-        table.append(["*majority*", *(pct(base[g]["majority"], star=True) for g in groups)])
-        table.append(["*chance*", *(pct(base[g]["chance"], star=True) for g in groups)])
+        table.append(
+            [
+                "*majority*",
+                *(f"*{pct(base[g]['majority'])} / {pct(base[g].get('majority_balanced'))}*" for g in groups),
+            ]
+        )
+        table.append(["*chance*", *(f"*{pct(base[g]['chance'])}*" for g in groups)])
+        nb = [[f"{m} (naive Bayes)", *(pct(cell[m, g].get("nb_accuracy")) if (m, g) in cell else "–" for g in groups)]
+              for m in methods]  # fmt: skip
+        carried = {
+            m: sum(cell[m, g].get("carried") == "yes" for g in groups if (m, g) in cell) for m in methods
+        }
+        decoder = at[0].get("decoder") or "logistic"
         parts.append(
             f"### Attribute prediction from {bits}-bit codes ({at[0]['dataset']})\n\n"
             + tabulate(table, headers=["Method", *groups], tablefmt="github", disable_numparse=True)
-            + "\n\nAccuracy (%) of predicting each attribute group from the code (decoder fitted on the "
-            "training codes), on the gallery images of test identities with a known value; *majority*: "
-            "always the most frequent training value; *chance*: 1 / number of values.\n"
+            + f"\n\nAccuracy / balanced accuracy (%) of predicting each attribute group from the code with "
+            f"the calibrated `{decoder}` decoder (per group an L2 logistic regression on the bits, fitted on "
+            "the training codes), on the gallery images of test identities with a known value. Accuracy: "
+            "the most probable value; balanced accuracy: the mean recall over the values present, of the "
+            "prior-corrected decision. *majority*: always the most frequent training value (its balanced "
+            "accuracy is 1 / values present); *chance*: 1 / number of values. **A group counts as carried "
+            "by the codes only when its balanced accuracy beats majority's by more than two standard "
+            "errors** (identities as the unit; bold). Groups carried: "
+            + ", ".join(f"{m} {carried[m]}/{len(groups)}" for m in methods)
+            + ".\n\nThe naive-Bayes decoder (the one search by description used alone before), accuracy (%):\n\n"
+            + tabulate(nb, headers=["Method", *groups], tablefmt="github", disable_numparse=True)
+            + "\n"
         )
     return "\n".join(parts)
 

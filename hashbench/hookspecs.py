@@ -37,3 +37,13 @@ def hashbench_register_datasets() -> list[type]:
 @hookspec
 def hashbench_register_backbones() -> list[type]:
     """Return backbone classes (subclasses of :class:`hashbench.backbones.Backbone`) with unique ``name``."""
+
+
+@hookspec
+def hashbench_register_decoders() -> list[type]:
+    """Return generic attribute decoder classes (subclasses of :class:`hashbench.decoders.Decoder`) with
+    unique ``name``: readers of attributes off any method's codes, picked by ``hashbench run --decoders``.
+
+    hashbench's own (``naive-bayes``, ``logistic``) are registered the same way. A decoder that belongs
+    to one method is not registered here: the method returns it from ``HashMethod.decoder()``.
+    """

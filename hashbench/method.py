@@ -27,6 +27,13 @@ Optional declarations of a method class:
                   ``fit`` a method may still give the layout it would use for ``schema``, so that a
                   cell's layout can be recorded without refitting it.
 
+``decoder``       ``decoder(schema=None)``: a reader of attributes off the method's own codes, an instance of
+                  :class:`hashbench.decoders.Decoder` (``fit`` on the training codes and attributes,
+                  ``value_scores`` of any codes), or ``None`` (the default). The runner evaluates search by
+                  description (and photo + description) with it beside the generic decoders, in rows
+                  whose ``decoder`` column is its ``name``. DeepSSH returns the fixed-codeword readout
+                  of its semantic segment (``deepssh-readout``).
+
 What the runner lends ``fit`` (never files) is a :class:`Context`. Deep methods are built on the public
 base :mod:`hashbench.deep`.
 
@@ -154,6 +161,11 @@ class HashMethod(ABC):
         """Named bit ranges ``{name: (start, stop)}`` of a structured code, in bit order; ``None`` (the
         default) when the code has no named parts. A fitted method gives the layout it learned with;
         before ``fit``, the one it would use for ``schema`` if it can tell (else ``None``)."""
+        return None
+
+    def decoder(self, schema: AttributeSchema | None = None):
+        """The method's own attribute decoder (:class:`hashbench.decoders.Decoder`) for its fitted codes,
+        or ``None`` (the default: only the generic decoders read its codes)."""
         return None
 
     def fitted_state(self) -> dict[str, Any]:

@@ -76,6 +76,9 @@ class RunConfig:
     finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
+    decoders: Sequence[str] = ("naive-bayes", "logistic")  # generic attribute decoders (hashbench.decoders)
+    decoder_params: dict[str, dict] = field(default_factory=dict)  # decoder name -> hyperparameters
+    photo_description: bool = True  # photo + description queries per cell (with attribute_queries)
     engine: str = "torch"  # what runs the trunk for the feature cache (hashbench.engines)
     # where the cells are computed (hashbench.distributed); none of these enter a cell's configuration
     executor: str = "local"  # "local": this process, one cell after another; "ray": Ray tasks

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "hashbench"
 AUTOLOAD_ENV = "HASHBENCH_DISABLE_PLUGIN_AUTOLOAD"
-KINDS = ("methods", "datasets", "backbones")
+BUILTIN_DECODERS = "hashbench.decoders"  # the plugin name of the generic decoders hashbench ships
+KINDS = ("methods", "datasets", "backbones", "decoders")
 
 
 def make_plugin_manager(
@@ -82,6 +83,10 @@ def make_plugin_manager(
         owner[ep.name] = dist
         if not own:
             third_party.add(ep.name)
+    if not pm.has_plugin(BUILTIN_DECODERS):  # core, not a package: registered like a plugin, always
+        from . import decoders
+
+        pm.register(decoders, name=BUILTIN_DECODERS)
     for plugin in extra_plugins:
         pm.register(plugin)
     pm.check_pending()
@@ -99,11 +104,13 @@ def _own(ep) -> bool:
 
 @dataclass
 class Registry:
-    """Name -> class maps for methods, datasets and backbones, built from a plugin manager."""
+    """Name -> class maps for methods, datasets, backbones and attribute decoders, built from a plugin
+    manager."""
 
     methods: dict[str, type]
     datasets: dict[str, type]
     backbones: dict[str, type]
+    decoders: dict[str, type] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # entry-point name -> why it did not load
 
     @classmethod
@@ -124,6 +131,9 @@ class Registry:
 
     def backbone(self, name: str) -> type:
         return self._pick(self.backbones, name, "backbone", "--backbone")
+
+    def decoder(self, name: str) -> type:
+        return self._pick(self.decoders, name, "decoder", "--decoders")
 
     def _pick(self, table: dict[str, type], name: str, kind: str, option: str) -> type:
         if name not in table and name in self.failed:  # most plugins name their entry point as their class

@@ -6,8 +6,9 @@ AP and CMC go to ``<out>/cells/<method>-<bits>-<config hash>.npz`` and its CMC c
 killed run loses at most the cell in progress. ``results.csv`` and ``cmc.csv`` are the citable,
 committed part; the ``cells/`` artifacts hold codes and stay local (with the fitted method beside
 each, ``<stem>.method.pt``: tensors and plain data only, see :mod:`hashbench.state`).
-``attribute_queries.csv`` holds each cell's search-by-description scores (one row per number of
-queried attributes), written before the cell's row. A cell is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
+``attribute_queries.csv`` holds each cell's search-by-description scores (one row per decoder and number
+of queried attributes; a file written before the ``decoder`` column existed holds naive-Bayes rows), and
+``photo_description.csv`` its photo + description scores, both written before the cell's row. A cell is finished when a row with its (dataset, method, bits, config_hash) exists: re-runs skip it.
 
 Every reader of the store goes through :func:`read_results` (typed rows plus a pandas view), and every
 "which row of a cell is current" question through :func:`latest_positions`: per (dataset, method, bits)
@@ -41,14 +42,20 @@ CMC_NAME = "cmc.csv"
 CMC_KEY = ("dataset", "method", "bits", "config_hash")
 AQ_NAME = "attribute_queries.csv"  # search by description (hashbench.semantic), one row per (cell, n)
 AQ_COLUMNS = (
-    "dataset", "method", "bits", "n_attributes", "draws", "n_queries", "rank1", "rank5", "precision10",
+    "dataset", "method", "bits", "decoder", "n_attributes", "draws", "n_queries", "rank1", "rank5",
+    "precision10", "config_hash", "commit", "seed", "date",
+)  # fmt: skip
+AQ_DEFAULT_DECODER = "naive-bayes"  # what a row of a file without the ``decoder`` column used
+PD_NAME = "photo_description.csv"  # photo + description queries (hashbench.semantic), one row per setting
+PD_COLUMNS = (
+    "dataset", "method", "bits", "decoder", "description", "alpha", "n_queries", "map", "rank1",
     "config_hash", "commit", "seed", "date",
 )  # fmt: skip
 CELL_KEY = ("dataset", "method", "bits")  # one cell of a table: its latest row is the one shown
 # what the report needs of a results file; other readers ask for less (``read_results(required=...)``)
 REQUIRED_COLUMNS = ("dataset", "method", "bits", "map", "rank1", "date", "artifact")
 METRICS = {"map": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20"}
-_AQ_NUMBERS = ("n_attributes", "draws", "n_queries", "precision10")  # attribute_queries.csv
+_AQ_NUMBERS = ("n_attributes", "draws", "n_queries", "precision10", "alpha")  # side files
 _TEXT_COLUMNS = {"dataset": str, "method": str, "artifact": str, "config_hash": str}
 
 
@@ -566,6 +573,13 @@ class ResultStore:
         new = [{k: str(_fmt(v)) for k, v in r.items() if k in AQ_COLUMNS} for r in rows]
         with folder_lock(self.out):
             self._store(self.out / AQ_NAME, list(AQ_COLUMNS), new, replace=True)
+
+    def save_photo_description(self, rows: list[dict]) -> None:
+        """Write a cell's photo + description rows to ``photo_description.csv``, replacing any earlier
+        rows of the same (dataset, method, bits, config_hash), atomically."""
+        new = [{k: str(_fmt(v)) for k, v in r.items() if k in PD_COLUMNS} for r in rows]
+        with folder_lock(self.out):
+            self._store(self.out / PD_NAME, list(PD_COLUMNS), new, replace=True)
 
     def append(self, row: ResultRow, cmc: np.ndarray) -> bool:
         """Add the cell's CMC curve to ``cmc.csv``, then its row to ``results.csv`` (the commit mark), under

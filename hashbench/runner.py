@@ -79,28 +79,56 @@ def class_path(method: HashMethod) -> str:
     return f"{type(method).__module__}:{type(method).__qualname__}"
 
 
-def attribute_query_rows(pipe: Pipeline, train_codes, gallery_codes, seed: int, tag: str) -> list[dict]:
-    """Search by description (:mod:`hashbench.semantic`): a decoder fitted on the training codes and
-    attributes, evaluated on the gallery; the rows of ``attribute_queries.csv`` without their key and
-    provenance (the cell's commit adds those, :meth:`ResultStore.save_attribute_queries`)."""
-    from .semantic import AttributeDecoder, evaluate_attribute_queries
+def attribute_query_rows(
+    pipe: Pipeline,
+    name: str,
+    method: HashMethod,
+    codes: dict[str, np.ndarray],
+    bits: int,
+    seed: int,
+    tag: str,
+) -> tuple[list[dict], list[dict]]:
+    """Search by description (:mod:`hashbench.describe`): each decoder (``--decoders``, then the method's
+    own) fitted on the training codes and attributes, evaluated on the gallery (and photo + description
+    on the queries). The rows of ``attribute_queries.csv`` and ``photo_description.csv`` without their
+    provenance (the cell's commit adds config hash, commit and date:
+    :meth:`ResultStore.save_attribute_queries`, :meth:`ResultStore.save_photo_description`)."""
+    from .decoders import make_decoders
+    from .describe import CellCodes, describe_cell
 
-    t0 = time.perf_counter()
     table = pipe.attributes
-    decoder = AttributeDecoder(table.schema).fit(train_codes, table.lookup(pipe.splits.arrays["train"].pids))
-    gallery_pids = pipe.splits.arrays["gallery"].pids
-    df = evaluate_attribute_queries(decoder, gallery_codes, gallery_pids, table, seed=seed)
-    first, last = df.iloc[0], df.iloc[-1]
-    log.info(
-        "%s: attribute queries in %.1f s: rank-1 %.1f with %d attribute(s), %.1f with %d",
-        tag,
-        time.perf_counter() - t0,
-        first.rank1,
-        first.n_attributes,
-        last.rank1,
-        last.n_attributes,
+    decoders = make_decoders(pipe.config.decoders, table.schema, pipe.registry, pipe.config.decoder_params)
+    own = method.decoder(table.schema)
+    if own is not None:
+        decoders.append(own)
+    arrays = pipe.splits.arrays
+    cell = CellCodes(
+        train_codes=codes["train"],
+        train_attributes=table.lookup(arrays["train"].pids),
+        query_codes=codes["query"],
+        query_pids=arrays["query"].pids,
+        query_camids=arrays["query"].camids,
+        gallery_codes=codes["gallery"],
+        gallery_pids=arrays["gallery"].pids,
+        gallery_camids=arrays["gallery"].camids,
+        table=table,
     )
-    return df.to_dict("records")
+    key = {"dataset": pipe.name, "method": name, "bits": bits}
+    return describe_cell(decoders, cell, key, {"seed": seed}, pipe.config.photo_description, tag)
+
+
+def run_oracle(pipe: Pipeline, store: ResultStore, commit: str) -> None:
+    """The oracle rows of the folder (:func:`hashbench.describe.write_oracle`), unless stored already."""
+    from .describe import has_oracle, oracle_hash, write_oracle
+
+    gallery = pipe.splits.arrays["gallery"].pids
+    chash = oracle_hash(
+        pipe.base_config["dataset"], pipe.base_config["dataset_digest"], gallery, pipe.config.seed
+    )
+    if has_oracle(store, pipe.name, chash):
+        return
+    schema = pipe.attributes.schema
+    write_oracle(store, pipe.name, schema, gallery, pipe.attributes, chash, commit, pipe.config.seed)
 
 
 @dataclass
@@ -120,6 +148,7 @@ class CellOutcome:
     consumes: frozenset
     layout: dict | None
     attribute_rows: list[dict] | None  # None: not evaluated
+    photo_rows: list[dict] | None  # photo + description rows (None: not evaluated)
     device: str  # the device column: where the cell was computed
 
 
@@ -159,9 +188,10 @@ def compute_cell(
     layout = method.code_layout(context.schema)
     if layout is not None:
         check_layout(layout, bits, name)
-    aq = None
+    aq = pd = None
     if config.attribute_queries and t_codes is not None:
-        aq = attribute_query_rows(pipe, t_codes, g_codes, config.seed, tag)
+        codes = {"train": t_codes, "query": q_codes, "gallery": g_codes}
+        aq, pd = attribute_query_rows(pipe, name, method, codes, bits, config.seed, tag)
     return CellOutcome(
         evaluation=ev,
         train_s=train_s,
@@ -173,6 +203,7 @@ def compute_cell(
         consumes=frozenset(consumes),
         layout=layout,
         attribute_rows=aq,
+        photo_rows=pd,
         device=device_name(str(pipe.device)),
     )
 
@@ -204,6 +235,12 @@ def run(
     for name in methods:
         registry.method(name)  # unknown name: error before any work
     check_method_params(methods, registry, config.method_params)
+    if config.attribute_queries:  # an unknown decoder or hyperparameter: an error before any work
+        from .data import AttributeGroup, AttributeSchema
+        from .decoders import make_decoders
+
+        probe = AttributeSchema((AttributeGroup("probe", ("a", "b"), ("probe",)),))
+        make_decoders(config.decoders, probe, registry, config.decoder_params)
     resolve_device(config.device)  # a bad --device fails before any data is read
     check_bits(config.bits)
     check_writable_dir(config.results_dir(), "--out")
@@ -244,6 +281,8 @@ def run(
         job.tag = f"cell {k}/{len(grid)} {job.name} @ {job.bits} bits"
     if ref_done and ref_hash not in recorded:
         remember(ref_config, None, {"features"}, None)
+    if config.attribute_queries and pipe.attributes is not None:  # the ceiling: true attributes
+        run_oracle(pipe, store, commit)
     pending = [job for job in grid if not job.done]
     if config.reference and not do_reference:
         log.info("%s: finished earlier, skipped", REFERENCE)
@@ -351,7 +390,9 @@ def run(
         if out.attribute_rows is not None:
             key = {"dataset": pipe.name, "method": job.name, "bits": job.bits}
             prov = {"config_hash": job.chash, "commit": commit, "seed": config.seed, "date": now()}
-            store.save_attribute_queries([{**key, **r, **prov} for r in out.attribute_rows])
+            store.save_attribute_queries([{**r, **key, **prov} for r in out.attribute_rows])
+        if out.photo_rows:
+            store.save_photo_description([{**r, **key, **prov} for r in out.photo_rows])
         ev = out.evaluation
         nbytes = search.bytes_per_code(job.bits)
         cell_s = out.compute_s + time.perf_counter() - t0

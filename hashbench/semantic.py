@@ -54,11 +54,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from .data import AttributeSchema, AttributeTable
+from .decoders import Decoder, check_codes
 from .errors import HashbenchError
 from .metrics import run_chunks
 
@@ -71,22 +73,11 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _codes(codes: np.ndarray, name: str = "codes", bits: int | None = None) -> np.ndarray:
-    """Validate (n, bits) 0/1 codes; returns a uint8 array."""
-    a = np.asarray(codes)
-    if a.ndim != 2:
-        raise HashbenchError(f"{name} must be an (n, bits) array of 0/1, got shape {a.shape}")
-    if a.dtype != bool and not np.issubdtype(a.dtype, np.integer):
-        raise HashbenchError(f"{name} must be 0/1 integers or bool, got dtype {a.dtype}")
-    if a.size and a.dtype != bool and (a.min() < 0 or a.max() > 1):
-        raise HashbenchError(f"{name} must hold only 0 and 1 (unpacked codes)")
-    if bits is not None and a.shape[1] != bits:
-        raise HashbenchError(f"{name} have {a.shape[1]} bits but the decoder was fitted on {bits}-bit codes")
-    return a.astype(np.uint8, copy=False)
+_codes = check_codes  # (n, bits) 0/1 codes, validated
 
 
 @dataclass(eq=False)
-class AttributeDecoder:
+class AttributeDecoder(Decoder):
     """Decodes attribute descriptions into weighted partial codes, and codes into attributes.
 
     Parameters
@@ -102,6 +93,8 @@ class AttributeDecoder:
     rows of group ``g`` in the (V, ...) arrays are ``offsets_[g]:offsets_[g+1]``.
     """
 
+    name: ClassVar[str] = "naive-bayes"
+    description: ClassVar[str] = "naive Bayes over bits: per value, each bit's log-odds shift (uncalibrated)"
     schema: AttributeSchema
     prior: float = 10.0
 
@@ -112,8 +105,7 @@ class AttributeDecoder:
             )
         if not (self.prior >= 0 and math.isfinite(self.prior)):
             raise HashbenchError(f"AttributeDecoder prior {self.prior!r}: expected a number >= 0")
-        self.group_sizes = np.array([len(g.values) for g in self.schema.groups], dtype=np.int64)
-        self.offsets_ = np.concatenate([[0], np.cumsum(self.group_sizes)]).astype(np.int64)
+        self._setup(self.schema)
 
     # ----------------------------------------------------------------------------------------- fitting
 
@@ -143,70 +135,7 @@ class AttributeDecoder:
         self.log_prior_ = np.log((counts + 1.0) / (per_group + np.repeat(self.group_sizes, self.group_sizes)))
         return self
 
-    def _attributes(self, attributes, n: int, name: str) -> np.ndarray:
-        a = np.asarray(attributes)
-        if a.ndim != 2 or a.shape != (n, len(self.schema)):
-            raise HashbenchError(
-                f"{name} have shape {a.shape}; expected ({n}, {len(self.schema)}): one row per code, "
-                f"one column per group ({', '.join(self.schema.names)})"
-            )
-        if a.size and not np.issubdtype(a.dtype, np.integer):
-            raise HashbenchError(f"{name} must be integer value codes (-1 unknown), got dtype {a.dtype}")
-        a = a.astype(np.int64)
-        bad = (a < -1) | (a >= self.group_sizes[None, :])
-        if bad.any():
-            i, g = map(int, np.argwhere(bad)[0])
-            group = self.schema.groups[g]
-            raise HashbenchError(
-                f"{name}: value code {a[i, g]} of group {group.name!r} is out of range "
-                f"(-1 unknown, 0..{len(group.values) - 1} for {', '.join(group.values)})"
-            )
-        return a
-
-    def _onehot(self, attributes: np.ndarray) -> np.ndarray:
-        n = len(attributes)
-        out = np.zeros((n, int(self.offsets_[-1])), dtype=np.float64)
-        for g in range(len(self.schema)):
-            known = attributes[:, g] >= 0
-            out[np.flatnonzero(known), self.offsets_[g] + attributes[known, g]] = 1.0
-        return out
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "log_odds_"):
-            raise HashbenchError("AttributeDecoder is not fitted: call fit(codes, attributes) first")
-
     # ---------------------------------------------------------------------------------------- decoding
-
-    def query_rows(self, query: str | Mapping) -> np.ndarray:
-        """Rows of ``log_odds_`` for a description: ``{group index: value code}`` (as
-        :meth:`AttributeSchema.parse` returns), ``{name: value label}``, or ``"name=value,..."``."""
-        if isinstance(query, str):
-            query = self.schema.parse(query)
-        if not isinstance(query, Mapping):
-            raise HashbenchError(
-                f"a description is a mapping {{group: value}} or 'name=value,...', got {query!r}"
-            )
-        if not query:
-            raise HashbenchError(
-                f"empty description: give at least one name=value; valid names: {', '.join(self.schema.names)}"
-            )
-        rows = []
-        for key, value in query.items():
-            g = self.schema.index(key) if isinstance(key, str) else int(key)
-            if not 0 <= g < len(self.schema):
-                raise HashbenchError(
-                    f"attribute group index {key!r} out of range; valid: 0..{len(self.schema) - 1} "
-                    f"({', '.join(self.schema.names)})"
-                )
-            group = self.schema.groups[g]
-            v = group.code(value) if isinstance(value, str) else int(value)
-            if not 0 <= v < len(group.values):
-                raise HashbenchError(
-                    f"attribute {group.name!r}: value code {value!r} out of range; valid: "
-                    + ", ".join(f"{i}={label}" for i, label in enumerate(group.values))
-                )
-            rows.append(int(self.offsets_[g]) + v)
-        return np.asarray(rows, dtype=np.int64)
 
     def log_odds(self, query: str | Mapping) -> np.ndarray:
         """``delta`` (B,): the description's shift of each bit's log-odds relative to the population."""
@@ -228,16 +157,38 @@ class AttributeDecoder:
         delta = self.log_odds(query)
         return 1.0 / (1.0 + np.exp(-(_logit(self.background_) + delta)))
 
-    def predict(self, codes: np.ndarray) -> np.ndarray:
-        """The most likely value of each group for each code, (n, G) int64 (naive Bayes over bits)."""
+    def predict(self, codes: np.ndarray, balanced: bool = False) -> np.ndarray:
+        """The most likely value of each group for each code, (n, G) int64 (naive Bayes over bits);
+        ``balanced``: without the value's prior (the largest likelihood)."""
         self._check_fitted()
         c = _codes(codes, bits=self.bits_).astype(np.float64)
         lp, lq = np.log(self.value_probs_), np.log1p(-self.value_probs_)
-        scores = c @ (lp - lq).T + (lq.sum(1) + self.log_prior_)[None, :]  # (n, V)
+        prior = 0.0 if balanced else self.log_prior_
+        scores = c @ (lp - lq).T + (lq.sum(1) + prior)[None, :]  # (n, V)
         out = np.empty((len(c), len(self.schema)), dtype=np.int64)
         for g in range(len(self.schema)):
             out[:, g] = scores[:, self.offsets_[g] : self.offsets_[g + 1]].argmax(1)
         return out
+
+    def value_scores(self, codes: np.ndarray) -> np.ndarray:
+        """(n, V) ``c . lambda_v``: the naive-Bayes log-likelihood ratio of each value, up to a constant
+        per value (exact sums of multiples of ``QUANTUM``)."""
+        self._check_fitted()
+        c = _codes(codes, bits=self.bits_)
+        return (self.log_odds_ @ c.T.astype(np.float64)).T
+
+    def description_cost(self, picks: np.ndarray, codes: np.ndarray, scores: np.ndarray | None = None):
+        """(q, n) share of each description's evidence that a code contradicts, in [0, 1]: the
+        description term of :func:`combined_distance`, for many descriptions at once (``scores``: this
+        decoder's :meth:`value_scores` of ``codes``, when already computed)."""
+        self._check_fitted()
+        picks = np.asarray(picks, dtype=np.float64)
+        if scores is None:
+            scores = self.value_scores(codes)
+        delta = picks @ self.log_odds_  # (q, B)
+        total = np.abs(delta).sum(1, keepdims=True)
+        cost = np.maximum(delta, 0.0).sum(1, keepdims=True) - picks @ scores.T
+        return np.divide(cost, total, out=np.zeros_like(cost), where=total > 0)
 
 
 # --------------------------------------------------------------------------------------------- search
@@ -319,38 +270,39 @@ def draw_subsets(known: np.ndarray, n: int, draws: int, rng: np.random.Generator
     return list(seen)
 
 
-def evaluate_attribute_queries(
-    decoder: AttributeDecoder,
-    gallery_codes: np.ndarray,
-    gallery_pids: np.ndarray,
-    attributes_of: AttributeTable | tuple[np.ndarray, np.ndarray],
-    n_values: Iterable[int] | None = None,
-    draws: int = 5,
-    seed: int = 0,
-    distractors: bool = False,
-    chunk: int = 256,
-) -> pd.DataFrame:
-    """Search the gallery by descriptions of its identities (the paper's third figure).
+AQ_FRAME_COLUMNS = ["n_attributes", "draws", "n_queries", "rank1", "rank5", "precision10"]
+ORACLE = "oracle"  # the method and decoder name of the rows ranked by the true attributes
 
-    For each test identity of the gallery (pid > 0) with known attributes and each ``n`` in
-    ``n_values`` (default 1..G), ``draws`` distinct random subsets of ``n`` of its *known* attribute
-    groups (fewer when fewer exist: at ``n`` = G one; seeded per (seed, pid, n), so every method gets
-    the same queries) are described with the identity's values and searched by
-    :func:`description_distance` (ties by gallery order). Scores, per ``n``, in percent:
 
-    * ``rank1`` / ``rank5``: queries with an image of that identity among the first 1 / 5 hits;
-    * ``precision10``: the share of the first 10 hits whose identity has all the queried values.
+class _TrueAttributes(Decoder):
+    """The schema checks of a decoder, for the oracle (which ranks by true attributes, not codes)."""
 
-    The gallery searched holds the annotated test identities (pid > 0); junk (pid -1) never, distractors
-    (pid 0, attributes unknown, so never matching) only with ``distractors=True``.
+    name = ORACLE
 
-    Returns a DataFrame with columns ``n_attributes, draws, n_queries, rank1, rank5, precision10``.
-    """
-    decoder._check_fitted()
-    codes = _codes(gallery_codes, "gallery codes", decoder.bits_)
-    pids = np.asarray(gallery_pids, dtype=np.int64)
-    if pids.shape != (len(codes),):
-        raise HashbenchError(f"gallery pids have shape {pids.shape}; expected ({len(codes)},), one per code")
+    def fit(self, codes, attributes):
+        return self
+
+    def value_scores(self, codes):
+        raise HashbenchError("the oracle ranks by the true attributes, not by codes")
+
+
+@dataclass
+class _Queries:
+    """What every attribute-query evaluation shares: the searched gallery and the identities' values."""
+
+    decoder: Decoder
+    gallery: np.ndarray  # positions of the searched images in the given gallery
+    g_pids: np.ndarray
+    g_attr: np.ndarray
+    ids: np.ndarray
+    id_attr: np.ndarray
+    ns: list[int]
+    draws: int
+    seed: int
+
+
+def _queries(decoder, pids, attributes_of, n_values, draws, seed, distractors) -> _Queries:
+    pids = np.asarray(pids, dtype=np.int64)
     if draws < 1:
         raise HashbenchError(f"draws {draws}: expected a positive number of subsets per identity and n")
     if seed < 0:
@@ -370,38 +322,52 @@ def evaluate_attribute_queries(
         a_values = np.asarray(a_values)
         decoder._attributes(a_values, len(np.asarray(a_pids)), "attributes")
         table = AttributeTable(decoder.schema, a_pids, a_values)
-
     keep = pids > 0 if not distractors else pids >= 0
     gallery = np.flatnonzero(keep)
     g_pids = pids[gallery]
     g_attr = decoder._attributes(table.lookup(g_pids), len(g_pids), "gallery attributes")
     ids = np.unique(g_pids[g_pids > 0])
     id_attr = decoder._attributes(table.lookup(ids), len(ids), "identity attributes")
+    return _Queries(decoder, gallery, g_pids, g_attr, ids, id_attr, ns, int(draws), int(seed))
 
-    # the gallery's score (c . lambda) for every attribute value: exact sums of multiples of QUANTUM
-    scores_t = decoder.log_odds_ @ codes[gallery].T.astype(np.float64)  # (V, ng)
+
+def _search(
+    setup: _Queries, scores_t: np.ndarray, chunk: int, jitter_seed: int | None = None
+) -> pd.DataFrame:
+    """Rank the searched gallery for every query by the sum of its values' rows of ``scores_t`` (V, ng)
+    (higher first); ties by gallery order, or, with ``jitter_seed``, at random (a seeded uniform
+    [0, 0.5) per description and image, below the step of integer scores)."""
+    G = len(setup.decoder.schema)
+    offsets = setup.decoder.offsets_
+    ids, id_attr, g_pids, g_attr = setup.ids, setup.id_attr, setup.g_pids, setup.g_attr
     rows = []
-    for n in ns:
+    for n in setup.ns:
         q_id, q_groups = [], []  # per query: the identity's row in ids, the queried groups
         for i, pid in enumerate(ids):
             known = np.flatnonzero(id_attr[i] >= 0)
-            for subset in draw_subsets(known, n, draws, np.random.default_rng([seed, int(pid), n])):
+            for subset in draw_subsets(
+                known, n, setup.draws, np.random.default_rng([setup.seed, int(pid), n])
+            ):
                 q_id.append(i)
                 q_groups.append(subset)
         if not q_id:
             nan = float("nan")
-            rows.append(dict(n_attributes=n, draws=draws, n_queries=0, rank1=nan, rank5=nan, precision10=nan))
+            rows.append(
+                dict(n_attributes=n, draws=setup.draws, n_queries=0, rank1=nan, rank5=nan, precision10=nan)
+            )
             continue
         q_id_a, groups = np.asarray(q_id), np.asarray(q_groups, dtype=np.int64)  # (nq,), (nq, n)
         values = np.take_along_axis(id_attr[q_id_a], groups, 1)
-        unique, inverse = np.unique(decoder.offsets_[groups] + values, axis=0, return_inverse=True)
-        top = np.empty((len(unique), min(TOP_K, len(gallery))), dtype=np.int64)
+        unique, inverse = np.unique(offsets[groups] + values, axis=0, return_inverse=True)
+        top = np.empty((len(unique), min(TOP_K, len(g_pids))), dtype=np.int64)
 
-        def work(s: int, e: int, unique: np.ndarray = unique, top: np.ndarray = top) -> None:
+        def work(s: int, e: int, unique: np.ndarray = unique, top: np.ndarray = top, n: int = n) -> None:
             pick = np.zeros((e - s, len(scores_t)))
             np.put_along_axis(pick, unique[s:e], 1.0, axis=1)
-            dist = pick @ scores_t  # (r, ng) exact sums of c . lambda
-            np.negative(dist, out=dist)  # distance up to the query's constant sum(max(delta, 0))
+            dist = pick @ scores_t  # (r, ng); for naive Bayes exact sums of c . lambda
+            np.negative(dist, out=dist)  # distance up to a constant per query
+            if jitter_seed is not None:
+                dist += 0.5 * np.random.default_rng([jitter_seed, n, s, 0x0AC1E]).random(dist.shape)
             top[s:e] = top_k_stable(dist, TOP_K)
 
         run_chunks(len(unique), chunk, work)
@@ -413,14 +379,203 @@ def evaluate_attribute_queries(
         rows.append(
             dict(
                 n_attributes=n,
-                draws=draws,
+                draws=setup.draws,
                 n_queries=len(q_id_a),
                 rank1=100.0 * float(same[:, :1].any(1).mean()),
                 rank5=100.0 * float(same[:, :5].any(1).mean()),
                 precision10=100.0 * float(match.mean(1).mean()),
             )
         )
-    return pd.DataFrame(rows, columns=["n_attributes", "draws", "n_queries", "rank1", "rank5", "precision10"])
+    return pd.DataFrame(rows, columns=AQ_FRAME_COLUMNS)
+
+
+def evaluate_attribute_queries(
+    decoder: Decoder,
+    gallery_codes: np.ndarray,
+    gallery_pids: np.ndarray,
+    attributes_of: AttributeTable | tuple[np.ndarray, np.ndarray],
+    n_values: Iterable[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+    distractors: bool = False,
+    chunk: int = 256,
+) -> pd.DataFrame:
+    """Search the gallery by descriptions of its identities (the paper's third figure).
+
+    For each test identity of the gallery (pid > 0) with known attributes and each ``n`` in
+    ``n_values`` (default 1..G), ``draws`` distinct random subsets of ``n`` of its *known* attribute
+    groups (fewer when fewer exist: at ``n`` = G one; seeded per (seed, pid, n), so every method and
+    decoder gets the same queries) are described with the identity's values and the gallery is ranked by
+    the decoder's score of the description (:meth:`hashbench.decoders.Decoder.value_scores`, summed over
+    the description's values; for naive Bayes that is :func:`description_distance`), ties by gallery
+    order. Scores, per ``n``, in percent:
+
+    * ``rank1`` / ``rank5``: queries with an image of that identity among the first 1 / 5 hits;
+    * ``precision10``: the share of the first 10 hits whose identity has all the queried values.
+
+    The gallery searched holds the annotated test identities (pid > 0); junk (pid -1) never, distractors
+    (pid 0, attributes unknown, so never matching) only with ``distractors=True``.
+
+    Returns a DataFrame with columns ``n_attributes, draws, n_queries, rank1, rank5, precision10``.
+    """
+    decoder._check_fitted()
+    codes = _codes(gallery_codes, "gallery codes", decoder.bits_)
+    pids = np.asarray(gallery_pids, dtype=np.int64)
+    if pids.shape != (len(codes),):
+        raise HashbenchError(f"gallery pids have shape {pids.shape}; expected ({len(codes)},), one per code")
+    setup = _queries(decoder, pids, attributes_of, n_values, draws, seed, distractors)
+    # the gallery's score for every attribute value (naive Bayes: exact sums of multiples of QUANTUM)
+    scores_t = np.ascontiguousarray(decoder.value_scores(codes[setup.gallery]).T)  # (V, ng)
+    return _search(setup, scores_t, chunk)
+
+
+def evaluate_oracle(
+    schema: AttributeSchema,
+    gallery_pids: np.ndarray,
+    attributes_of: AttributeTable | tuple[np.ndarray, np.ndarray],
+    n_values: Iterable[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+    distractors: bool = False,
+    chunk: int = 256,
+) -> pd.DataFrame:
+    """The ceiling of search by description: the queries of :func:`evaluate_attribute_queries` (same
+    seed, same draws), the gallery ranked by the *true* attributes of its identities.
+
+    An image scores the number of the description's values its identity has (unknown values never
+    match); ties, e.g. every image of the identities that share the whole description, are broken at
+    random (seeded by ``seed``, reproducible). No ranking that sees only the description does better in
+    expectation: identities with the same values are indistinguishable by it, so its Rank-1 at the full
+    description is about the mean over queries of 1 / (identities sharing the description), weighted
+    by images. Same columns as :func:`evaluate_attribute_queries`.
+    """
+    decoder = _TrueAttributes(schema)
+    pids = np.asarray(gallery_pids, dtype=np.int64)
+    if pids.ndim != 1:
+        raise HashbenchError(f"gallery pids have shape {pids.shape}; expected one id per image")
+    setup = _queries(decoder, pids, attributes_of, n_values, draws, seed, distractors)
+    scores_t = np.ascontiguousarray(decoder._onehot(setup.g_attr).T)  # (V, ng) 1 = has the value
+    return _search(setup, scores_t, chunk, jitter_seed=seed)
+
+
+# ------------------------------------------------------------------------------ photo + description
+
+ALPHAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # the weights of the description evaluated per cell
+PARTIAL = 3  # attributes in the partial description of a photo query
+
+
+def ap_and_rank1(
+    dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query AP and rank-1 hit of float distances (q, ng), Market-1501 protocol, ties by gallery
+    order: the numbers :func:`hashbench.metrics.evaluate_rankings` gives for the stable ranking, without
+    sorting the gallery. A positive's rank is 1 + the valid (not junk) items before it: smaller distance,
+    or equal and earlier in the gallery. AP and the hit are NaN / False for a query without positives."""
+    nq = len(dist)
+    ap = np.full(nq, np.nan)
+    hit = np.zeros(nq, dtype=bool)
+    g_junk = g_pids == -1
+    index = np.arange(len(g_pids))
+    for i in range(nq):
+        same = g_pids == q_pids[i]
+        junk = (same & (g_camids == q_camids[i])) | g_junk
+        d = dist[i]
+        valid = ~junk
+        pos = np.flatnonzero(same & valid)
+        if len(pos) == 0:
+            continue
+        dv, iv = d[valid], index[valid]
+        dp = d[pos]
+        before = (dv[None, :] < dp[:, None]) | ((dv[None, :] == dp[:, None]) & (iv[None, :] < pos[:, None]))
+        rank = np.sort(before.sum(1) + 1)
+        ap[i] = float((np.arange(1, len(pos) + 1) / rank).mean())
+        hit[i] = rank[0] == 1
+    return ap, hit
+
+
+def photo_description_picks(
+    decoder: Decoder, q_pids: np.ndarray, table: AttributeTable, partial: int = PARTIAL, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The descriptions that go with photo queries, as (nq, V) 0/1 picks: ``full`` (every known value of
+    the query's identity) and ``partial<k>`` (``k`` of them, a seeded random subset per query)."""
+    attr = decoder._attributes(table.lookup(np.asarray(q_pids)), len(q_pids), "query attributes")
+    V = int(decoder.offsets_[-1])
+    full = np.zeros((len(attr), V))
+    part = np.zeros((len(attr), V))
+    for i, row in enumerate(attr):
+        known = np.flatnonzero(row >= 0)
+        full[i, decoder.offsets_[known] + row[known]] = 1.0
+        if len(known):
+            rng = np.random.default_rng([seed, i, partial, 0xD35C])
+            some = rng.choice(known, min(partial, len(known)), replace=False)
+            part[i, decoder.offsets_[some] + row[some]] = 1.0
+    return {"full": full, f"partial{partial}": part}
+
+
+def evaluate_photo_description(
+    decoder: Decoder,
+    query_codes: np.ndarray,
+    query_pids: np.ndarray,
+    query_camids: np.ndarray,
+    gallery_codes: np.ndarray,
+    gallery_pids: np.ndarray,
+    gallery_camids: np.ndarray,
+    table: AttributeTable,
+    alphas: Iterable[float] = ALPHAS,
+    partial: int = PARTIAL,
+    seed: int = 0,
+    chunk: int = 256,
+) -> pd.DataFrame:
+    """Photo + description: each standard query's photo code *and* its identity's description.
+
+    The gallery (all of it, the Market-1501 protocol) is ranked by ``hamming / B + alpha * cost``, the
+    cost being :meth:`~hashbench.decoders.Decoder.description_cost` of the description (naive Bayes: the
+    share of its evidence a code contradicts, in [0, 1], :func:`combined_distance`; a log-posterior
+    decoder: the mean negative log-likelihood per queried value), ties by gallery order; at
+    ``alpha = 0`` this is the photo alone, the cell's own mAP. Descriptions:
+    :func:`photo_description_picks` (``full`` and ``partial3``). Choose ``alpha`` on held-out identities
+    (``hashbench pick-alpha``), never on these rows.
+
+    Returns rows ``description, alpha, n_queries, map, rank1`` (percent; ``description`` is ``"none"`` for
+    ``alpha = 0``, once).
+    """
+    decoder._check_fitted()
+    q = _codes(query_codes, "query codes", decoder.bits_)
+    g = _codes(gallery_codes, "gallery codes", decoder.bits_)
+    q_pids, q_cams = np.asarray(query_pids, np.int64), np.asarray(query_camids, np.int64)
+    g_pids, g_cams = np.asarray(gallery_pids, np.int64), np.asarray(gallery_camids, np.int64)
+    alphas = [float(a) for a in alphas]
+    if any(not (a >= 0 and math.isfinite(a)) for a in alphas):
+        raise HashbenchError(f"alphas {alphas}: expected numbers >= 0 (the weight of the description)")
+    from . import search
+
+    picks = photo_description_picks(decoder, q_pids, table, partial, seed)
+    scores = decoder.value_scores(g)  # (ng, V), once
+    settings = [("none", 0.0)] if 0.0 in alphas else []
+    settings += [(kind, a) for kind in picks for a in alphas if a > 0]
+    ap = {s: np.full(len(q), np.nan) for s in settings}
+    hit = {s: np.zeros(len(q), dtype=bool) for s in settings}
+    gp = search.pack_codes(g)
+    for s in range(0, len(q), chunk):
+        e = min(s + chunk, len(q))
+        ham = search.hamming_distances(search.pack_codes(q[s:e]), gp).astype(np.float64) / decoder.bits_
+        costs = {kind: decoder.description_cost(p[s:e], g, scores=scores) for kind, p in picks.items()}
+        for kind, a in settings:
+            dist = ham if kind == "none" else ham + a * costs[kind]
+            ap[kind, a][s:e], hit[kind, a][s:e] = ap_and_rank1(dist, q_pids[s:e], q_cams[s:e], g_pids, g_cams)
+    rows = []
+    for kind, a in settings:
+        valid = ~np.isnan(ap[kind, a])
+        rows.append(
+            dict(
+                description=kind,
+                alpha=a,
+                n_queries=int(valid.sum()),
+                map=100.0 * float(ap[kind, a][valid].mean()) if valid.any() else float("nan"),
+                rank1=100.0 * float(hit[kind, a][valid].mean()) if valid.any() else float("nan"),
+            )
+        )
+    return pd.DataFrame(rows, columns=["description", "alpha", "n_queries", "map", "rank1"])
 
 
 __all__ = [
@@ -429,5 +584,7 @@ __all__ = [
     "rank_by_description",
     "combined_distance",
     "evaluate_attribute_queries",
+    "evaluate_oracle",
+    "evaluate_photo_description",
     "top_k_stable",
 ]

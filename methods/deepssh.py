@@ -115,6 +115,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hashbench.data import AttributeSchema
+from hashbench.decoders import Decoder, check_codes
 from hashbench.deep import DeepHashing, HashLayer, normalised, triplet_loss
 from hashbench.errors import HashbenchError
 from hashbench.method import Context, View
@@ -463,6 +464,11 @@ class DeepSSH(DeepHashing):
             out[:, g] = pred.long().cpu().numpy()
         return out
 
+    def decoder(self, schema: AttributeSchema | None = None) -> ReadoutDecoder | None:
+        """The fixed-codeword readout of the semantic segment as a decoder (:class:`ReadoutDecoder`), so
+        that DeepSSH's search-by-description rows use its own readout; ``None`` before ``fit``."""
+        return ReadoutDecoder(self) if hasattr(self, "model_") else None
+
     def attribute_code(self, query: str | Mapping[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The bits a description sets, and the mask of the bits it constrains.
 
@@ -491,3 +497,48 @@ class DeepSSH(DeepHashing):
             code[a:b] = self.model_.head.readouts[g].value_bits(v)
             mask[a:b] = True
         return code, mask
+
+
+class ReadoutDecoder(Decoder):
+    """DeepSSH's own decoder: each group's fixed-codeword readout (:class:`AttributeReadout`) on its slice
+    of the *binary* code (bits as +-1), the logits it was trained with turned into log-posteriors
+    (binary group: ``log sigmoid(+-logit)``; k values: ``log softmax``). Nothing is learned from the
+    decoder's training codes: ``fit`` only checks them and keeps the training prior (for
+    ``predict(balanced=True)``). The argmax is :meth:`DeepSSH.predict_attributes`; a description scores
+    a code by the sum of its values' log-posteriors (as :class:`~hashbench.decoders.LogisticDecoder`).
+    """
+
+    name = "deepssh-readout"
+    description = "DeepSSH's fixed-codeword readout of its semantic segment"
+
+    def __init__(self, method: DeepSSH) -> None:
+        super().__init__(method.schema_)
+        self.method = method
+
+    def fit(self, codes: np.ndarray, attributes: np.ndarray) -> ReadoutDecoder:
+        codes = check_codes(codes, "training codes", self.method.bits)
+        self._fit_prior(self._attributes(attributes, len(codes), "training attributes"))
+        self.bits_ = self.method.bits
+        return self
+
+    @torch.inference_mode()
+    def value_scores(self, codes: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        codes = check_codes(codes, bits=self.bits_)
+        head = self.method.model_.head
+        device = next(head.parameters()).device
+        kinds, offsets = self.method._kinds, self.method._offsets
+        out = np.empty((len(codes), int(self.offsets_[-1])))
+        for s in range(0, len(codes), 4096):
+            z = torch.as_tensor(codes[s : s + 4096].astype(np.float32) * 2.0 - 1.0, device=device)
+            logits = head.attribute_logits(z).double()
+            for g, kind in enumerate(kinds):
+                lo, hi = offsets[g], offsets[g + 1]
+                a = int(self.offsets_[g])
+                if kind == "binary":
+                    x = logits[:, lo]
+                    part = torch.stack([F.logsigmoid(-x), F.logsigmoid(x)], 1)
+                else:
+                    part = F.log_softmax(logits[:, lo:hi], 1)
+                out[s : s + 4096, a : a + part.shape[1]] = part.cpu().numpy()
+        return out

@@ -241,3 +241,26 @@ def test_finetune_full_one_step_on_tiny_images(synthetic_bench):
     shared = ctx.backbone.trunk(ctx.cut).parameters()
     assert all(torch.equal(a, b) for a, b in zip(shared, trunk_before, strict=True))  # the backbone is not
     assert check_codes(method.encode(view), len(view), 32, "deepssh").shape == (4, 32)
+
+
+def test_its_own_decoder_is_the_codeword_readout(ssh64, synthetic_bench):
+    """``DeepSSH.decoder()``: the readout as a :class:`hashbench.decoders.Decoder`; its argmax is
+    ``predict_attributes`` and a description ranks by the sum of the values' log-posteriors."""
+    from hashbench.semantic import evaluate_attribute_queries
+
+    schema = ssh64.schema_
+    assert DeepSSH(bits=64).decoder(schema) is None  # before fit: none
+    decoder = ssh64.decoder(schema)
+    assert decoder.name == "deepssh-readout"
+    train = synthetic_bench.view("train", MAPS)
+    decoder.fit(ssh64.encode(train), train.attributes)
+    gallery = synthetic_bench.view("gallery", MAPS)
+    codes = ssh64.encode(gallery)
+    scores = decoder.value_scores(codes)
+    for g in range(len(schema)):  # log-posteriors per group
+        a, b = decoder.offsets_[g], decoder.offsets_[g + 1]
+        assert np.allclose(np.exp(scores[:, a:b]).sum(1), 1.0)
+    assert np.array_equal(decoder.predict(codes), ssh64.predict_attributes(codes))
+    table = synthetic_bench.prepared.attributes
+    df = evaluate_attribute_queries(decoder, codes, gallery.pids, table, n_values=[12], seed=0)
+    assert df.iloc[0].n_queries > 0 and df.iloc[0].rank5 >= df.iloc[0].rank1 > 100 / 60  # above chance

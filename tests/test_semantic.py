@@ -228,9 +228,13 @@ def test_the_runner_writes_attribute_queries_and_complete_artifacts(tmp_path):
     rows = run(tiny(tmp_path))
     aq = aq_rows(res)
     assert list(aq[0]) == list(AQ_COLUMNS)
+    oracle = [r for r in aq if r["method"] == "oracle"]
+    assert [int(r["n_attributes"]) for r in oracle] == list(range(1, 13))
+    assert all(r["decoder"] == "oracle" and r["bits"] == "" for r in oracle)
     for row in rows:
         mine = [r for r in aq if r["config_hash"] == row.config_hash]
-        assert [int(r["n_attributes"]) for r in mine] == list(range(1, 13))
+        assert [r["decoder"] for r in mine] == ["naive-bayes"] * 12 + ["logistic"] * 12
+        assert [int(r["n_attributes"]) for r in mine] == list(range(1, 13)) * 2
         assert all(
             r["method"] == "lsh" and r["bits"] == str(row.bits) and r["dataset"] == "synthetic" for r in mine
         )
@@ -256,6 +260,7 @@ def test_the_runner_writes_attribute_queries_and_complete_artifacts(tmp_path):
     assert "table_attribute_queries.md" in report and (res / "attribute_queries.png").stat().st_size > 10_000
     md = (res / "table_attribute_queries.md").read_text()
     assert "32-bit codes" in md and "| lsh" in md and "n=12" in md and "P@10" in md
+    assert "| naive-bayes" in md and "| logistic" in md and "*oracle*" in md
     assert "16-bit" in write_report(res, out_dir=tmp_path / "r16", aq_bits=16).markdown
 
     # a cell killed after its attribute queries but before its row: the re-run leaves no duplicates
@@ -265,12 +270,12 @@ def test_the_runner_writes_attribute_queries_and_complete_artifacts(tmp_path):
     redone = run(tiny(tmp_path))
     assert [(r.method, r.bits) for r in redone] == [("lsh", 32)]
     again = aq_rows(res)
-    keys = [(r["method"], r["bits"], r["config_hash"], r["n_attributes"]) for r in again]
-    assert len(keys) == len(set(keys)) == 24
+    keys = [(r["method"], r["bits"], r["decoder"], r["config_hash"], r["n_attributes"]) for r in again]
+    assert len(keys) == len(set(keys)) == 2 * 24 + 12  # 2 cells x 2 decoders x 12, the oracle's 12
 
     # switched off: no new rows
     run(tiny(tmp_path, bits=[8], attribute_queries=False))
-    assert len(aq_rows(res)) == 24
+    assert len(aq_rows(res)) == 60
 
 
 def test_the_report_shows_the_latest_rows_of_the_cells_in_the_results(tmp_path):
@@ -294,7 +299,8 @@ def test_the_report_shows_the_latest_rows_of_the_cells_in_the_results(tmp_path):
     ).to_csv(tmp_path / "attribute_queries.csv", index=False)  # fmt: skip
     aq = load_attribute_queries(tmp_path, results)
     table = attribute_query_tables(aq)["rank1"]
-    assert table.loc["a", 1] == 20.0 and table.loc["b", 1] == 30.0
+    # a file without the decoder column (an older hashbench) holds naive-Bayes rows
+    assert table.loc[("a", "naive-bayes"), 1] == 20.0 and table.loc[("b", "naive-bayes"), 1] == 30.0
     assert load_attribute_queries(tmp_path / "nowhere") is None
     with pytest.raises(HashbenchError, match="--aq-bits 32"):
         attribute_query_tables(aq, 32)

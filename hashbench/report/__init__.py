@@ -10,6 +10,7 @@ artifacts the ``artifact`` column points to. Nothing is recomputed; a number sho
 * :mod:`.figures`: mAP against code length, CMC curves, and the figure helpers others use.
 * :mod:`.costs`: what each method costs.
 * :mod:`.attribute_queries`: search by description, table and figure.
+* :mod:`.photo_description`: photo + description, with alpha chosen on held-out identities.
 
 :func:`write_report` writes them all.
 """
@@ -40,6 +41,14 @@ from .figures import (
     plot_cmc,
     plot_map_vs_bits,
     save_figure,
+)
+from .photo_description import (
+    ALPHA_NAME,
+    load_photo_description,
+    photo_description_table,
+    pick_alpha,
+    read_alpha_choice,
+    render_photo_description,
 )
 from .selection import (
     DATASET_NAMES,
@@ -78,6 +87,7 @@ def write_report(
     paper: str | Path | None = None,
     dataset: str | None = None,
     aq_bits: int | None = None,
+    alpha_from: str | Path | None = None,
 ) -> Report:
     """Write the tables and figures of a results store; returns the written paths (and the markdown).
 
@@ -88,6 +98,9 @@ def write_report(
     values (``method, bits, map``, optionally ``rank1``): the Markdown tables then compare with it.
     With ``attribute_queries.csv`` beside the results: ``table_attribute_queries.md`` and
     ``attribute_queries.png`` at ``aq_bits`` (default: the longest code with attribute-query rows).
+    With ``photo_description.csv``: ``table_photo_description.md`` at the same length, each
+    description at the alpha recorded by ``hashbench pick-alpha`` in ``alpha_from`` (default:
+    ``<results>/validation/photo_description_alpha.csv``).
     """
     results_path = Path(results_path)
     results_dir = results_path if results_path.is_dir() else results_path.parent
@@ -120,11 +133,22 @@ def write_report(
         (out / "table_attribute_queries.md").write_text(md, encoding="utf-8")
         report["table_attribute_queries.md"] = out / "table_attribute_queries.md"
         report["attribute_queries.png"] = plot_attribute_queries(aq, out / "attribute_queries.png", aq_bits)
+    pdf = load_photo_description(results_dir, df, dataset)
+    if pdf is not None and not pdf.empty:
+        choice_path = Path(alpha_from) if alpha_from else results_dir / "validation" / ALPHA_NAME
+        if choice_path.is_dir():
+            choice_path = choice_path / ALPHA_NAME
+        table, _ = photo_description_table(pdf, read_alpha_choice(choice_path), aq_bits)
+        md = render_photo_description(table)
+        texts.append(md)
+        (out / "table_photo_description.md").write_text(md, encoding="utf-8")
+        report["table_photo_description.md"] = out / "table_photo_description.md"
     report.markdown = "\n".join(texts)
     return report
 
 
 __all__ = [
+    "ALPHA_NAME",
     "AQ_METRICS",
     "AQ_NOTE",
     "COLORS",
@@ -151,6 +175,11 @@ __all__ = [
     "legend",
     "load_attribute_queries",
     "load_paper",
+    "load_photo_description",
+    "photo_description_table",
+    "pick_alpha",
+    "read_alpha_choice",
+    "render_photo_description",
     "load_results",
     "method_order",
     "method_styles",

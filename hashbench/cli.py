@@ -73,8 +73,12 @@ def parse_params(items: list[str], prefix_required: bool = True, option: str = "
         if prefix_required:
             method, dot, name = key.partition(".")
             if not dot:
-                example = "logistic.C=0.2" if option == "--decoder-param" else "itq.n_iter=20"
-                raise HashbenchError(f"{option} {item!r}: expected NAME.KEY=VALUE, e.g. {example}")
+                who, example = (
+                    ("DECODER", "logistic.C=0.2")
+                    if option == "--decoder-param"
+                    else ("METHOD", "itq.n_iter=20")
+                )
+                raise HashbenchError(f"{option} {item!r}: expected {who}.KEY=VALUE, e.g. {example}")
             out.setdefault(method, {})[name] = _value(value)
         else:
             out[key] = _value(value)

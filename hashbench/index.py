@@ -30,16 +30,17 @@ Backends (:data:`INDEXES`; ``hashbench scale --backend``):
                 measured against (``use_heap=False``: its counting variant).
 ``mih``         multi-index hashing (Norouzi, Punjani, Fleet, "Fast exact search in Hamming space with
                 multi-index hashing", TPAMI 2014), numpy only: the code is cut into ``m`` disjoint
-                substrings covering all its bits (``m = bits // substring_bits``, lengths differing by at
-                most one bit); each substring indexes a table (gallery ids sorted by substring value, with
+                substrings covering all its bits (``m = ceil(bits / substring_bits)``, lengths differing
+                by at most one bit; default 16-bit substrings, 8 tables at 128 bits); each substring indexes a table (gallery ids sorted by substring value, with
                 the start of every value's bucket). A query probes, at round ``r = 0, 1, ...``, every
                 bucket at substring distance exactly ``r`` in every table, and computes the full distance
                 of each new candidate. By the pigeonhole principle a code at distance ``<= m (r + 1) - 1``
                 from the query has a substring within ``r`` of the query's, so after round ``r`` every
                 such code is a candidate: once the query has ``k`` candidates within that bound, its top
                 ``k`` by (distance, id) among the candidates is the exact one. A query whose candidates
-                pass ``fallback_fraction`` of the gallery (or ``max_radius`` rounds) is answered by the
-                linear scan instead. Sub-linear where the ``k``-th neighbour is near (clustered codes,
+                pass ``fallback_fraction`` of the gallery, or whose next round would probe more buckets
+                than ``max_probes`` (default: the gallery size), or past ``max_radius``, is answered by
+                the linear scan instead. Sub-linear where the ``k``-th neighbour is near (clustered codes,
                 short codes); on uniformly random codes it falls back to the scan.
 ``hnsw``        ``faiss.IndexBinaryHNSW`` (``M``, ``ef_construction``, ``ef_search``): approximate.
 ``ivf``         ``faiss.IndexBinaryIVF`` over an ``IndexBinaryFlat`` quantiser (``nlist`` lists trained on
@@ -221,8 +222,9 @@ class FaissFlatIndex(HammingIndex):
 
 
 def substring_lengths(bits: int, substring_bits: int) -> list[int]:
-    """``m = max(1, bits // substring_bits)`` lengths summing to ``bits``, differing by at most one."""
-    m = max(1, bits // substring_bits)
+    """``m = ceil(bits / substring_bits)`` lengths (each at most ``substring_bits``) summing to ``bits``,
+    differing by at most one."""
+    m = -(-bits // substring_bits)
     base, extra = divmod(bits, m)
     return [base + 1] * extra + [base] * (m - extra)
 
@@ -272,23 +274,20 @@ class MultiIndexHashing(HammingIndex):
         substring_bits: int = 16,
         max_radius: int | None = None,
         fallback_fraction: float = 0.1,
+        max_probes: int | None = None,
         query_batch: int = 16,
     ) -> None:
         super().__init__(bits)
-        if not 1 <= int(substring_bits) <= 20:
+        if not 1 <= int(substring_bits) <= 20:  # a table's bucket starts: 2 ** substring_bits int64
             raise HashbenchError(f"index mih: substring_bits={substring_bits}; expected 1..20")
         if not 0 < float(fallback_fraction) <= 1:
             raise HashbenchError(f"index mih: fallback_fraction={fallback_fraction}; expected in (0, 1]")
         self.substring_bits = int(substring_bits)
         self.max_radius = max_radius
         self.fallback_fraction = float(fallback_fraction)
+        self.max_probes = max_probes
         self.query_batch = int(query_batch)
         self.lengths = substring_lengths(self.bits, self.substring_bits)
-        if max(self.lengths) > 24:
-            raise HashbenchError(
-                f"index mih: {self.bits}-bit codes in {len(self.lengths)} substrings of up to "
-                f"{max(self.lengths)} bits; at most 24 (raise substring_bits)"
-            )
         self.stats_: dict = {}
 
     def _build(self, codes):
@@ -351,6 +350,7 @@ class MultiIndexHashing(HammingIndex):
         top = max(self.lengths)
         max_radius = top if self.max_radius is None else min(int(self.max_radius), top)
         limit = self.fallback_fraction * n
+        max_probes = n if self.max_probes is None else int(self.max_probes)
         left: list[int] = []
         r = 0
         while len(active):
@@ -397,8 +397,9 @@ class MultiIndexHashing(HammingIndex):
                 rows_all, ids_all, dist_all = rows_all[~mask], ids_all[~mask], dist_all[~mask]
             active = active[within[active] < k]
             r += 1
-            over = (n_found[active] > limit) | (r > max_radius)
-            if over.any():  # too many candidates, or no radius left: the linear scan answers these
+            probes = sum(math.comb(length, r) for length in self.lengths if r <= length)
+            over = (n_found[active] > limit) | (r > max_radius) | (probes > max_probes)
+            if over.any():  # too many candidates or probes, or no radius left: the scan answers these
                 gone = active[over]
                 cand_out[gone] = n_found[gone]
                 left.extend(int(i) for i in gone)

@@ -14,9 +14,10 @@ and the gallery only grows):
 * ``i >= 2n``: a mixup ``lam * a + (1 - lam) * b`` of two training images ``a`` and ``b`` of different
   identities (``b`` redrawn until its identity differs), ``lam`` uniform in [0.3, 0.7], each of ``a``
   and ``b`` flipped with probability 1/2, plus Gaussian noise of 0.1 times each channel's standard
-  deviation over the training maps; rounded to float16 like the cached maps. Drawn with NumPy's
-  ``default_rng([seed, chunk])`` for each chunk of :data:`CHUNK` distractors: the same seed gives the
-  same distractors, in any order of work.
+  deviation over the training maps; rounded to float16 like the cached maps. The pairs, ``lam`` and
+  flips are drawn with NumPy's ``default_rng([seed, chunk])`` for each chunk of :data:`CHUNK`
+  distractors, the noise of distractor ``i`` with ``default_rng([seed, chunk, row])``: the same seed
+  gives the same distractors, whatever range is asked for.
 
 A method that consumes ``features`` sees these maps through the run's cached IDE model
 (:func:`hashbench.ide.embed_maps`), exactly as a test image goes; one that consumes ``maps`` gets them
@@ -145,39 +146,56 @@ def flip(maps: np.ndarray) -> np.ndarray:
     return maps[..., ::-1]
 
 
+def _mixup_draws(n: int, train_pids: np.ndarray, chunk: int, seed: int):
+    """The mixup parameters of every mixed distractor of chunk ``chunk`` (its indices ``>= 2n``), drawn
+    from ``default_rng([seed, chunk])`` for the whole chunk: (first index, a, b, lam, flip a, flip b)."""
+    lo, hi = max(chunk * CHUNK, 2 * n), (chunk + 1) * CHUNK
+    m = max(0, hi - lo)
+    rng = np.random.default_rng([seed, chunk])
+    a = rng.integers(0, n, m)
+    b = rng.integers(0, n, m)
+    same = train_pids[a] == train_pids[b]
+    while same.any():  # redraw b where it is a's identity (deterministic for the seed)
+        b[same] = rng.integers(0, n, int(same.sum()))
+        same = train_pids[a] == train_pids[b]
+    lam = rng.uniform(*MIX_RANGE, m).astype(np.float32)
+    fa, fb = rng.random(m) < 0.5, rng.random(m) < 0.5
+    return lo, a, b, lam, fa, fb
+
+
 def distractor_maps(
     train_maps: np.ndarray, train_pids: np.ndarray, start: int, stop: int, seed: int, channel_std: np.ndarray
 ) -> np.ndarray:
-    """Maps of distractors ``start .. stop - 1`` (within one chunk: ``start // CHUNK == (stop - 1) //
-    CHUNK``), by the recipe of the module docstring; float16 like the cached maps."""
+    """Maps of distractors ``start .. stop - 1`` by the recipe of the module docstring, float16 like the
+    cached maps. Distractor ``i`` depends only on (training split, ``seed``, ``i``)."""
     n = len(train_maps)
+    train_pids = np.asarray(train_pids)
     index = np.arange(start, stop)
     out = np.empty((len(index), *train_maps.shape[1:]), dtype=np.float16)
     plain = index < n
     out[plain] = train_maps[index[plain]]
     flipped = (index >= n) & (index < 2 * n)
     out[flipped] = flip(train_maps[index[flipped] - n])
-    mixed = np.flatnonzero(index >= 2 * n)
-    if len(mixed):
-        rng = np.random.default_rng([seed, start // CHUNK])
-        a = rng.integers(0, n, len(mixed))
-        b = rng.integers(0, n, len(mixed))
-        if len(np.unique(train_pids)) < 2:
-            raise HashbenchError("the training split has one identity: no mixup of two identities possible")
-        same = train_pids[a] == train_pids[b]
-        while same.any():  # redraw b where it is a's identity (deterministic for the seed)
-            b[same] = rng.integers(0, n, int(same.sum()))
-            same = train_pids[a] == train_pids[b]
-        lam = rng.uniform(*MIX_RANGE, len(mixed)).astype(np.float32)[:, None, None, None]
-        fa = rng.random(len(mixed)) < 0.5
-        fb = rng.random(len(mixed)) < 0.5
-        xa = train_maps[a].astype(np.float32)
-        xb = train_maps[b].astype(np.float32)
-        xa[fa] = flip(xa[fa])
-        xb[fb] = flip(xb[fb])
-        x = lam * xa + (1 - lam) * xb
-        x += rng.standard_normal(x.shape, dtype=np.float32) * (NOISE * channel_std)[None, :, None, None]
-        out[mixed] = x.astype(np.float16)
+    if stop > 2 * n and len(np.unique(train_pids)) < 2:
+        raise HashbenchError("the training split has one identity: no mixup of two identities possible")
+    for chunk in range(max(start, 2 * n) // CHUNK, -(-stop // CHUNK)):
+        lo, a, b, lam, fa, fb = _mixup_draws(n, train_pids, chunk, seed)
+        want = np.arange(max(lo, start), min((chunk + 1) * CHUNK, stop))
+        if not len(want):
+            continue
+        j = want - lo  # rows of this chunk's draws
+        xa = train_maps[a[j]].astype(np.float32)
+        xb = train_maps[b[j]].astype(np.float32)
+        xa[fa[j]] = flip(xa[fa[j]])
+        xb[fb[j]] = flip(xb[fb[j]])
+        x = lam[j, None, None, None] * xa + (1 - lam[j, None, None, None]) * xb
+        # the noise of each distractor from its own stream: (seed, chunk, row), so any range gives it
+        for r, row in enumerate(j):
+            noise = np.random.default_rng([seed, chunk, int(row)]).standard_normal(
+                x.shape[1:], dtype=np.float32
+            )
+            x[r] += noise * (NOISE * channel_std)[:, None, None]
+        out[want - start] = x.astype(np.float16)
     return out
 
 

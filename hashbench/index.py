@@ -31,7 +31,8 @@ Backends (:data:`INDEXES`; ``hashbench scale --backend``):
 ``mih``         multi-index hashing (Norouzi, Punjani, Fleet, "Fast exact search in Hamming space with
                 multi-index hashing", TPAMI 2014), numpy only: the code is cut into ``m`` disjoint
                 substrings covering all its bits (``m = ceil(bits / substring_bits)``, lengths differing
-                by at most one bit; default 16-bit substrings, 8 tables at 128 bits); each substring indexes a table (gallery ids sorted by substring value, with
+                by at most one bit; by default ``substring_bits`` = log2(N) rounded, within 8..20, as the
+                paper advises: 7 tables of 18-19 bits at 128 bits over a million codes); each substring indexes a table (gallery ids sorted by substring value, with
                 the start of every value's bucket). A query probes, at round ``r = 0, 1, ...``, every
                 bucket at substring distance exactly ``r`` in every table, and computes the full distance
                 of each new candidate. By the pigeonhole principle a code at distance ``<= m (r + 1) - 1``
@@ -249,10 +250,6 @@ def _substring_keys(codes: np.ndarray, lengths: list[int], chunk: int = 65536) -
     return keys
 
 
-def _popcount_rows(x: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
-
-
 def _words(packed: np.ndarray) -> np.ndarray:
     pad = -packed.shape[1] % 8
     if pad:
@@ -271,28 +268,31 @@ class MultiIndexHashing(HammingIndex):
     def __init__(
         self,
         bits: int,
-        substring_bits: int = 16,
+        substring_bits: int | None = None,
         max_radius: int | None = None,
-        fallback_fraction: float = 0.1,
+        fallback_fraction: float = 0.01,
         max_probes: int | None = None,
-        query_batch: int = 16,
+        query_batch: int = 64,
     ) -> None:
         super().__init__(bits)
-        if not 1 <= int(substring_bits) <= 20:  # a table's bucket starts: 2 ** substring_bits int64
+        if substring_bits is not None and not 1 <= int(substring_bits) <= 20:  # 2 ** bits bucket starts
             raise HashbenchError(f"index mih: substring_bits={substring_bits}; expected 1..20")
         if not 0 < float(fallback_fraction) <= 1:
             raise HashbenchError(f"index mih: fallback_fraction={fallback_fraction}; expected in (0, 1]")
-        self.substring_bits = int(substring_bits)
+        self.substring_bits = substring_bits
         self.max_radius = max_radius
         self.fallback_fraction = float(fallback_fraction)
         self.max_probes = max_probes
         self.query_batch = int(query_batch)
-        self.lengths = substring_lengths(self.bits, self.substring_bits)
+        self.lengths = substring_lengths(self.bits, substring_bits) if substring_bits else []
         self.stats_: dict = {}
 
     def _build(self, codes):
+        if not self.substring_bits:  # Norouzi et al.: substrings of about log2(N) bits
+            sb = int(min(20, max(8, round(math.log2(len(codes))))))
+            self.lengths = substring_lengths(self.bits, sb)
         self.codes_ = codes
-        self.words_ = _words(codes)
+        self.word_columns_ = [np.ascontiguousarray(c) for c in _words(codes).T]  # one array per word
         keys = _substring_keys(codes, self.lengths)
         self.order_, self.offsets_ = [], []
         for t, length in enumerate(self.lengths):
@@ -303,7 +303,12 @@ class MultiIndexHashing(HammingIndex):
         self._mask_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _memory(self) -> int:
-        return self.codes_.nbytes + sum(o.nbytes for o in self.order_) + sum(o.nbytes for o in self.offsets_)
+        return (
+            self.codes_.nbytes
+            + sum(c.nbytes for c in self.word_columns_)
+            + sum(o.nbytes for o in self.order_)
+            + sum(o.nbytes for o in self.offsets_)
+        )
 
     def _mask(self, length: int, r: int) -> np.ndarray:
         key = (length, r)
@@ -341,7 +346,7 @@ class MultiIndexHashing(HammingIndex):
         """Answer a batch of queries in place (radius rounds); returns the rows left to the linear scan."""
         n, m = self.n_, len(self.lengths)
         nb = len(qkeys)
-        seen = np.zeros((nb, n), dtype=bool)
+        seen = np.empty(0, np.int64)  # sorted (query row * n + id) of every candidate so far
         rows_all = np.empty(0, np.int64)
         ids_all = np.empty(0, np.int64)
         dist_all = np.empty(0, np.int32)
@@ -370,13 +375,19 @@ class MultiIndexHashing(HammingIndex):
                 new_rows.append(rows)
                 new_ids.append(self.order_[t][pos].astype(np.int64))
             if new_rows:
-                rows = np.concatenate(new_rows)
-                cand = np.concatenate(new_ids)
-                fresh = ~seen[rows, cand]
-                key = np.unique(rows[fresh] * n + cand[fresh])  # one per (query, id)
+                key = np.concatenate(new_rows) * n + np.concatenate(new_ids)
+                key.sort()
+                key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # one per (query, id)
+                if len(seen):
+                    at = np.minimum(np.searchsorted(seen, key), len(seen) - 1)
+                    key = key[seen[at] != key]  # not found in an earlier round
+                    seen = np.sort(np.concatenate([seen, key]))
+                else:
+                    seen = key
                 rows, cand = key // n, key % n
-                seen[rows, cand] = True
-                d = _popcount_rows(self.words_[cand] ^ qwords[rows])
+                d = np.zeros(len(cand), dtype=np.int32)
+                for w, column in enumerate(self.word_columns_):
+                    d += np.bitwise_count(column[cand] ^ qwords[rows, w])
                 rows_all = np.concatenate([rows_all, rows])
                 ids_all = np.concatenate([ids_all, cand])
                 dist_all = np.concatenate([dist_all, d])
@@ -386,9 +397,10 @@ class MultiIndexHashing(HammingIndex):
             done = active[within[active] >= k]
             if len(done):
                 mask = np.isin(rows_all, done)
-                rr, ii, dd = rows_all[mask], ids_all[mask], dist_all[mask]
-                order = np.lexsort((ii, dd, rr))  # by query, then distance, then gallery id
-                rr, ii, dd = rr[order], ii[order], dd[order]
+                # by query, then distance, then gallery id: one int64 key (rows < nb, d <= bits, id < n)
+                order = np.sort((rows_all[mask] * (self.bits + 1) + dist_all[mask]) * n + ids_all[mask])
+                rd, ii = np.divmod(order, n)
+                rr, dd = np.divmod(rd, self.bits + 1)
                 take = (np.searchsorted(rr, done)[:, None] + np.arange(k)[None, :]).ravel()
                 dist_out[done] = dd[take].reshape(len(done), k)
                 ids_out[done] = ii[take].reshape(len(done), k)

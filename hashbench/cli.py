@@ -1,4 +1,4 @@
-"""Command line: ``hashbench list | run | report | leaderboard | explain | show | query``.
+"""Command line: ``hashbench list | run | report | leaderboard | explain | show | query | scale``.
 
 Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
 status 2.
@@ -319,6 +319,60 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    from .scale import DEFAULT_DISTRACTORS, ScaleConfig, parse_distractors, run_scale
+
+    bits = parse_bits(args.bits)
+    if len(bits) != 1:
+        raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    sizes = parse_distractors(args.distractors or DEFAULT_DISTRACTORS)
+    if args.k < 1:
+        raise HashbenchError(f"--k {args.k}: expected a positive number of neighbours")
+    if args.data_root is not None and not Path(args.data_root).exists():
+        raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
+    if args.out:
+        check_writable_dir(args.out, "--out")
+    if args.device != "cpu":
+        from .features import resolve_device
+
+        resolve_device(args.device)
+    frame = run_scale(
+        ScaleConfig(
+            results=Path(args.results),
+            method=args.method,
+            bits=bits[0],
+            distractors=sizes,
+            backends=None if args.backend == "auto" else args.backend.split(","),
+            seed=args.seed,
+            k=args.k,
+            out=Path(args.out) if args.out else None,
+            data_root=args.data_root,
+            dataset_options=parse_params(args.dataset_option, prefix_required=False),
+            weights=args.weights,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    )
+    from tabulate import tabulate
+
+    cols = [
+        "distractors",
+        "gallery_size",
+        "map",
+        "rank1",
+        "backend",
+        "build_s",
+        "query_ms",
+        "recall",
+        "memory_bytes",
+    ]
+    print(tabulate(frame[cols].values.tolist(), headers=cols, tablefmt="github", floatfmt=".3f"))
+    out = Path(args.out) if args.out else Path(args.results)
+    print(f"\nwritten: {out / 'scale.csv'}, {out / 'scale_map.png'}, {out / 'scale_query_ms.png'}")
+    return 0
+
+
 def add_dataset_arguments(s: argparse.ArgumentParser, root_help: str, option_help: str) -> None:
     s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
     s.add_argument("--data-root", help=root_help)
@@ -511,6 +565,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
     s.add_argument("--device", default="cpu", help="auto, cpu or cuda (for --image)")
     s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser(
+        "scale",
+        help="grow a cell's gallery with distractor codes of its own method: mAP and top-k search time",
+    )
+    s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
+    s.add_argument("--method", required=True, help="the cell's method")
+    s.add_argument("--bits", required=True, help="the cell's code length")
+    s.add_argument(
+        "--distractors",
+        default="0,100k,300k,1M",
+        help="distractor counts (k = 1,000, M = 1,000,000; default 0,100k,300k,1M)",
+    )
+    s.add_argument(
+        "--backend",
+        default="auto",
+        help="index backends, comma-separated: flat, faiss-flat, mih, hnsw, ivf (default auto: flat, and mih up to 256 bits)",
+    )
+    s.add_argument(
+        "--k", type=int, default=100, help="neighbours per query of the timed search (default 100)"
+    )
+    s.add_argument("--seed", type=int, help="seed of the distractors (default: the cell's seed)")
+    s.add_argument("--out", help="where scale.csv and the plots go (default: RESULTS)")
+    s.add_argument("--data-root", help="dataset folder or zip (default: the run's recorded one)")
+    s.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="(default: the run's)")
+    s.add_argument("--weights", help="backbone weights (default: the run's recorded ones)")
+    s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
+    s.add_argument("--device", default="cpu", help="auto, cpu or cuda (encoding the distractors)")
+    s.add_argument("--no-progress", action="store_true", help="no progress lines")
+    s.set_defaults(func=cmd_scale)
     return p
 
 

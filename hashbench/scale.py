@@ -1,0 +1,657 @@
+"""Large galleries (``hashbench scale``): a finished cell's test gallery grown with up to millions of
+distractor codes, scored by mAP / rank-1 over the full ranking, searched top-``k`` through the indexes
+of :mod:`hashbench.index`.
+
+**The distractors** are codes the cell's own fitted method produces for inputs of people who are not
+test identities: the training split's trunk maps (the run's cached ones; in a ``--holdout`` run, the
+remaining training identities) and augmentations of them in that input space. Distractor ``i`` of a
+training split of ``n`` images is (numbering fixed, so that a smaller set is a prefix of a larger one
+and the gallery only grows):
+
+* ``i < n``: training image ``i`` as it is;
+* ``n <= i < 2n``: training image ``i - n`` flipped horizontally (the maps' width axis reversed, as the
+  IDE stage's flip augmentation does);
+* ``i >= 2n``: a mixup ``lam * a + (1 - lam) * b`` of two training images ``a`` and ``b`` of different
+  identities (``b`` redrawn until its identity differs), ``lam`` uniform in [0.3, 0.7], each of ``a``
+  and ``b`` flipped with probability 1/2, plus Gaussian noise of 0.1 times each channel's standard
+  deviation over the training maps; rounded to float16 like the cached maps. The pairs, ``lam`` and
+  flips are drawn with NumPy's ``default_rng([seed, chunk])`` for each chunk of :data:`CHUNK`
+  distractors, the noise of distractor ``i`` with ``default_rng([seed, chunk, row])``: the same seed
+  gives the same distractors, whatever range is asked for.
+
+A method that consumes ``features`` sees these maps through the run's cached IDE model
+(:func:`hashbench.ide.embed_maps`), exactly as a test image goes; one that consumes ``maps`` gets them
+as they are; ``attributes`` are unknown (-1), as for a new photo. The maps are generated and encoded a
+chunk at a time (a million Market-1501 maps would be 24 GB in float16): only the packed codes are kept.
+Every row records the recipe in its ``distractor_source`` column.
+
+**mAP over the full ranking, affordably.** The distractors are appended after the test gallery, so in
+the stable ranking (ties: lower gallery index first) a distractor ranks before a true match exactly
+when its distance to the query is strictly smaller. Distractors are never matches and never junk. So a
+match at rank ``r`` of the test gallery's ranking (after junk removal) moves to ``r + below(d)``, where
+``d`` is its distance and ``below(d)`` the number of distractors at distance ``< d`` from that query:
+one histogram of the query's distances to the distractors (``bits + 1`` counts per query, computed in
+blocks with the Hamming kernels of :mod:`hashbench.search`, for every prefix size in one pass) gives
+the exact mAP and CMC of the whole grown ranking without ever sorting it.
+(:func:`evaluate_with_distractors`; ``tests/test_scale.py`` checks it against
+:func:`hashbench.metrics.evaluate_rankings` on the explicitly concatenated gallery.)
+
+**Search cost**: for each size and backend, an index over gallery + distractors is built (``build_s``)
+and every test query searched for its ``k`` nearest (``query_ms`` per query, ``memory_bytes`` of the
+index); ``recall`` is the tie-aware recall against the first exact backend (1 for exact ones).
+
+Rows go to ``scale.csv`` beside ``results.csv`` (one per cell, size and backend; a rerun replaces its
+rows), written atomically under the folder lock, then ``scale_map.png`` and ``scale_query_ms.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .cells import Cell, load_cell
+from .durable import atomic_write_bytes, folder_lock
+from .errors import HashbenchError
+from .index import INDEXES, make_index, recall_at_k
+from .method import View, check_codes
+from .metrics import JUNK_PID, Evaluation, argsort_block
+from .results import (
+    check_result_row,
+    damage_message,
+    device_name,
+    git_commit,
+    latest_positions,
+    now,
+    read_store_frame,
+    scan_csv,
+)
+from .search import _distance_block, _faiss
+
+log = logging.getLogger(__name__)
+
+SCALE_NAME = "scale.csv"
+MAP_PNG = "scale_map.png"
+QUERY_PNG = "scale_query_ms.png"
+CHUNK = 2048  # distractors generated, encoded and drawn per chunk (the seed's unit)
+MIX_RANGE = (0.3, 0.7)
+NOISE = 0.1  # Gaussian noise, in units of each channel's standard deviation over the training maps
+SCALE_COLUMNS = (
+    "dataset", "method", "bits", "distractors", "gallery_size", "map", "rank1", "backend", "exact", "k",
+    "build_s", "query_ms", "recall", "memory_bytes", "n_query", "encode_s", "distractor_source",
+    "config_hash", "seed", "device", "version", "commit", "date",
+)  # fmt: skip
+SCALE_KEY = ("dataset", "method", "bits", "config_hash", "distractors", "backend", "seed")
+DEFAULT_DISTRACTORS = "0,100k,300k,1M"
+
+
+def distractor_source(n_train: int, seed: int) -> str:
+    """The recipe of the distractors, as every row records it."""
+    return (
+        f"training split ({n_train} images) as is, then flipped, then mixup of two training images of "
+        f"different ids (lambda U[{MIX_RANGE[0]}, {MIX_RANGE[1]}], each flipped w.p. 0.5, + N(0, "
+        f"({NOISE} * channel std)^2)), seed {seed}; encoded by the cell's method"
+    )
+
+
+def parse_distractors(text: str) -> list[int]:
+    """``0,100k,300k,1M`` -> sorted distinct counts (``k`` = 1,000, ``M`` = 1,000,000)."""
+    out = []
+    for item in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", item)
+        if not m:
+            raise HashbenchError(
+                f"--distractors {text!r}: {item.strip()!r} is not a count; expected e.g. 0,100k,300k,1M"
+            )
+        value = float(m[1]) * {"": 1, "k": 1_000, "m": 1_000_000}[m[2].lower()]
+        if value % 1:
+            raise HashbenchError(f"--distractors {text!r}: {item.strip()!r} is not a whole number")
+        out.append(int(value))
+    return sorted(set(out))
+
+
+def parse_backends(text: str, bits: int) -> list[str]:
+    """``flat,mih`` -> names, each checked (unknown, or faiss missing: one line); ``auto``: ``flat``,
+    plus ``mih`` up to 256 bits (its tables are for short codes)."""
+    if text == "auto":
+        return ["flat", "mih"] if bits <= 256 else ["flat"]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise HashbenchError(f"--backend {text!r}: expected names like flat,mih; valid: {', '.join(INDEXES)}")
+    for name in names:
+        if name not in INDEXES:
+            raise HashbenchError(f"--backend {name!r}: unknown; valid: {', '.join(INDEXES)}")
+        try:
+            make_index(name, bits)
+        except HashbenchError as exc:
+            raise HashbenchError(f"--backend {name}: {exc}") from None
+    return list(dict.fromkeys(names))
+
+
+# ------------------------------------------------------------------------------------- distractors
+
+
+def flip(maps: np.ndarray) -> np.ndarray:
+    """Horizontal flip of (N, C, H, W) maps."""
+    return maps[..., ::-1]
+
+
+def _mixup_draws(n: int, train_pids: np.ndarray, chunk: int, seed: int):
+    """The mixup parameters of every mixed distractor of chunk ``chunk`` (its indices ``>= 2n``), drawn
+    from ``default_rng([seed, chunk])`` for the whole chunk: (first index, a, b, lam, flip a, flip b)."""
+    lo, hi = max(chunk * CHUNK, 2 * n), (chunk + 1) * CHUNK
+    m = max(0, hi - lo)
+    rng = np.random.default_rng([seed, chunk])
+    a = rng.integers(0, n, m)
+    b = rng.integers(0, n, m)
+    same = train_pids[a] == train_pids[b]
+    while same.any():  # redraw b where it is a's identity (deterministic for the seed)
+        b[same] = rng.integers(0, n, int(same.sum()))
+        same = train_pids[a] == train_pids[b]
+    lam = rng.uniform(*MIX_RANGE, m).astype(np.float32)
+    fa, fb = rng.random(m) < 0.5, rng.random(m) < 0.5
+    return lo, a, b, lam, fa, fb
+
+
+def distractor_maps(
+    train_maps: np.ndarray, train_pids: np.ndarray, start: int, stop: int, seed: int, channel_std: np.ndarray
+) -> np.ndarray:
+    """Maps of distractors ``start .. stop - 1`` by the recipe of the module docstring, float16 like the
+    cached maps. Distractor ``i`` depends only on (training split, ``seed``, ``i``)."""
+    n = len(train_maps)
+    train_pids = np.asarray(train_pids)
+    index = np.arange(start, stop)
+    out = np.empty((len(index), *train_maps.shape[1:]), dtype=np.float16)
+    plain = index < n
+    out[plain] = train_maps[index[plain]]
+    flipped = (index >= n) & (index < 2 * n)
+    out[flipped] = flip(train_maps[index[flipped] - n])
+    if stop > 2 * n and len(np.unique(train_pids)) < 2:
+        raise HashbenchError("the training split has one identity: no mixup of two identities possible")
+    for chunk in range(max(start, 2 * n) // CHUNK, -(-stop // CHUNK)):
+        lo, a, b, lam, fa, fb = _mixup_draws(n, train_pids, chunk, seed)
+        want = np.arange(max(lo, start), min((chunk + 1) * CHUNK, stop))
+        if not len(want):
+            continue
+        j = want - lo  # rows of this chunk's draws
+        xa = train_maps[a[j]].astype(np.float32)
+        xb = train_maps[b[j]].astype(np.float32)
+        xa[fa[j]] = flip(xa[fa[j]])
+        xb[fb[j]] = flip(xb[fb[j]])
+        x = lam[j, None, None, None] * xa + (1 - lam[j, None, None, None]) * xb
+        # the noise of each distractor from its own stream: (seed, chunk, row), so any range gives it
+        for r, row in enumerate(j):
+            noise = np.random.default_rng([seed, chunk, int(row)]).standard_normal(
+                x.shape[1:], dtype=np.float32
+            )
+            x[r] += noise * (NOISE * channel_std)[:, None, None]
+        out[want - start] = x.astype(np.float16)
+    return out
+
+
+def channel_std(maps: np.ndarray, sample: int = 4096) -> np.ndarray:
+    """Per-channel standard deviation of (N, C, H, W) maps (over an evenly spaced sample of images)."""
+    rows = np.linspace(0, len(maps) - 1, min(sample, len(maps))).astype(int)
+    return maps[rows].astype(np.float32).std(axis=(0, 2, 3))
+
+
+def encode_distractors(
+    method,
+    train_maps: np.ndarray,
+    train_pids: np.ndarray,
+    count: int,
+    seed: int,
+    embed: Callable[[np.ndarray], np.ndarray] | None,
+    n_groups: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """(count, bits // 8) packed codes of the first ``count`` distractors through ``method`` (its
+    ``encode``); ``embed``: maps -> adapted features, for a method that consumes ``features``."""
+    consumes = set(method.consumes)
+    unsupported = consumes - {"maps", "features", "attributes"}
+    if unsupported:
+        raise HashbenchError(
+            f"method {method.name!r} consumes {', '.join(sorted(unsupported))}: distractors are trunk maps "
+            "(a method trained from pixels, --finetune full, is not supported)"
+        )
+    if "features" in consumes and embed is None:
+        raise HashbenchError(f"method {method.name!r} consumes features: the IDE model is needed")
+    bits = method.bits
+    out = np.empty((count, bits // 8), dtype=np.uint8)
+    std = channel_std(train_maps)
+    for s in range(0, count, CHUNK):
+        e = min(s + CHUNK, count)
+        maps = distractor_maps(train_maps, train_pids, s, e, seed, std)
+        extra: dict = {}
+        if "maps" in consumes:
+            extra["maps"] = maps
+        if "features" in consumes:
+            extra["features"] = embed(maps)
+        if "attributes" in consumes:
+            extra["attributes"] = np.full((e - s, n_groups), -1, dtype=np.int16)
+        view = View("distractors", np.zeros(e - s, dtype=np.int64), np.zeros(e - s, dtype=np.int64), **extra)
+        with torch.inference_mode():
+            codes = check_codes(method.encode(view), e - s, bits, method.name)
+        out[s:e] = np.packbits(codes, axis=1)
+        if progress is not None:
+            progress(e, count)
+    return out
+
+
+# --------------------------------------------------------------------------------------- evaluation
+
+
+def distractor_histograms(
+    q: np.ndarray, d: np.ndarray, sizes: Sequence[int], bits: int, backend: str = "auto", block: int = 65536
+) -> np.ndarray:
+    """(len(sizes), nq, bits + 1) int64: for each prefix size, how many of the first ``size``
+    distractors lie at each distance from each query."""
+    backend = "faiss" if backend in ("auto", "faiss") and _faiss() is not None else "numpy"
+    nq = len(q)
+    width = bits + 1
+    hist = np.zeros((len(sizes), nq, width), dtype=np.int64)
+    offsets = (np.arange(64, dtype=np.int64) * width)[:, None]
+    edges = [0, *sizes]
+    running = np.zeros((nq, width), dtype=np.int64)
+    for j in range(len(sizes)):
+        for c0 in range(edges[j], edges[j + 1], block):
+            c1 = min(c0 + block, edges[j + 1])
+            dist = _distance_block(backend, q, d[c0:c1])
+            for s in range(0, nq, 64):
+                e = min(s + 64, nq)
+                values = dist(s, e).astype(np.int64) + offsets[: e - s]
+                running[s:e] += np.bincount(values.ravel(), minlength=(e - s) * width).reshape(e - s, width)
+        hist[j] = running
+    return hist
+
+
+def evaluate_with_distractors(
+    q: np.ndarray,
+    g: np.ndarray,
+    below: np.ndarray,
+    q_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_pids: np.ndarray,
+    g_camids: np.ndarray,
+    max_rank: int = 50,
+    chunk: int = 64,
+    backend: str = "auto",
+) -> list[Evaluation]:
+    """The Market-1501 scores of the test gallery ``g`` grown by distractors, one per row of
+    ``below``: (n_sizes, nq, bits + 1) counts of distractors at distance ``< d`` from each query
+    (:func:`below_counts` of :func:`distractor_histograms`). Exact: the same figures as :func:`hashbench.metrics.evaluate_rankings` on
+    the full ranking of gallery + distractors (the distractors appended after it, pid 0)."""
+    backend = "faiss" if backend in ("auto", "faiss") and _faiss() is not None else "numpy"
+    nq, n_sizes = len(q), len(below)
+    q_pids, q_camids = np.asarray(q_pids, np.int64), np.asarray(q_camids, np.int64)
+    g_pids, g_camids = np.asarray(g_pids, np.int64), np.asarray(g_camids, np.int64)
+    ap = np.full((n_sizes, nq), np.nan)
+    first = np.zeros((n_sizes, nq), dtype=np.int64)
+    block = _distance_block(backend, q, g)
+    g_junk = g_pids == JUNK_PID
+    for s in range(0, nq, chunk):
+        e = min(s + chunk, nq)
+        dist = block(s, e).astype(np.uint16, copy=False)
+        order = argsort_block(dist)
+        same_pid = g_pids[None, :] == q_pids[s:e, None]
+        junk = (same_pid & (g_camids[None, :] == q_camids[s:e, None])) | g_junk[None, :]
+        label = same_pid.view(np.int8).copy()
+        label[junk] = -1
+        ranked = np.take_along_axis(label, order, axis=1)
+        ranked_dist = np.take_along_axis(dist, order, axis=1)
+        rank_after_junk = np.cumsum(ranked >= 0, axis=1, dtype=np.int64)
+        rows, cols = np.nonzero(ranked == 1)
+        n_pos = np.bincount(rows, minlength=e - s)
+        start = np.cumsum(n_pos) - n_pos
+        nth_hit = np.arange(len(rows)) - start[rows] + 1
+        valid = n_pos > 0
+        for j in range(n_sizes):
+            hit_rank = rank_after_junk[rows, cols] + below[j, s + rows, ranked_dist[rows, cols]]
+            precision = nth_hit / hit_rank
+            ap[j, s:e][valid] = np.bincount(rows, weights=precision, minlength=e - s)[valid] / n_pos[valid]
+            first[j, s:e][valid] = hit_rank[start[valid]]
+    out = []
+    for j in range(n_sizes):
+        ok = first[j] > 0
+        n_valid = int(ok.sum())
+        if n_valid == 0:
+            out.append(Evaluation(float("nan"), np.full(max_rank, np.nan), ap[j], 0))
+            continue
+        hist = np.bincount(np.minimum(first[j][ok], max_rank + 1), minlength=max_rank + 2)
+        cmc = np.cumsum(hist[1 : max_rank + 1]) / n_valid
+        out.append(Evaluation(float(ap[j][ok].mean()), cmc.astype(np.float64), ap[j], n_valid))
+    return out
+
+
+def below_counts(hist: np.ndarray) -> np.ndarray:
+    """Histograms (:func:`distractor_histograms`) -> counts at distance strictly below each value."""
+    below = np.zeros_like(hist)
+    below[..., 1:] = np.cumsum(hist, axis=-1)[..., :-1]
+    return below
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class ScaleConfig:
+    results: Path
+    method: str
+    bits: int
+    distractors: Sequence[int]
+    backends: Sequence[str] | None = None  # None: auto
+    seed: int | None = None  # None: the cell's seed
+    k: int = 100
+    out: Path | None = None
+    data_root: str | None = None
+    dataset_options: dict | None = None
+    weights: str | None = None
+    cache_dir: Path | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+
+def check_sizes(sizes: Sequence[int], n_gallery: int, k: int) -> None:
+    if any(s < 0 for s in sizes):
+        raise HashbenchError(f"--distractors: counts must be >= 0, got {min(sizes)}")
+    if not sizes:
+        raise HashbenchError("--distractors: expected at least one count, e.g. 0,100k")
+    if k < 1:
+        raise HashbenchError(f"--k {k}: expected a positive number of neighbours")
+    if k > n_gallery + min(sizes):
+        raise HashbenchError(
+            f"--k {k} is larger than the smallest gallery ({n_gallery} test images + {min(sizes)} distractors)"
+        )
+
+
+def check_cell_codes(cell: Cell) -> tuple[np.ndarray, np.ndarray]:
+    """The cell's packed query and gallery codes, checked to be of its length."""
+    cell.require(
+        "query_codes", "gallery_codes", "query_pids", "query_camids", "gallery_pids", "gallery_camids"
+    )
+    q, g = cell.arrays["query_codes"], cell.arrays["gallery_codes"]
+    width = cell.bits // 8
+    if q.ndim != 2 or g.ndim != 2 or q.dtype != np.uint8 or g.dtype != np.uint8:
+        raise HashbenchError(f"artifact {cell.path}: query/gallery codes are not packed uint8 codes")
+    if q.shape[1] != g.shape[1] or q.shape[1] != width:
+        raise HashbenchError(
+            f"artifact {cell.path}: query codes have {8 * q.shape[1]} bits, gallery codes {8 * g.shape[1]}, "
+            f"the cell {cell.bits}: mismatched code lengths"
+        )
+    return q, g
+
+
+def run_scale(config: ScaleConfig) -> pd.DataFrame:
+    """Grow the cell's gallery, score and search it at every size; append to ``scale.csv``, draw the
+    plots; returns this run's rows."""
+    from .configs import read_configs
+    from .query import prepare_pipeline
+
+    sizes = sorted(set(int(s) for s in config.distractors))
+    results = Path(config.results)
+    cell = load_cell(results, config.method, config.bits)
+    q, g = check_cell_codes(cell)
+    check_sizes(sizes, len(g), config.k)
+    backends = parse_backends("auto" if config.backends is None else ",".join(config.backends), cell.bits)
+    out = Path(config.out) if config.out else results
+    record = read_configs(results).get(cell.row.get("config_hash", ""))
+    dataset = record["config"]["dataset"]["name"] if record else cell.dataset
+    seed = int(cell.row.get("seed") or 0) if config.seed is None else int(config.seed)
+
+    encode_s = 0.0
+    d = np.empty((0, cell.bits // 8), np.uint8)
+    n_train = 0
+    if sizes[-1] > 0:
+        pipe = prepare_pipeline(
+            cell,
+            dataset,
+            config.data_root,
+            config.dataset_options,
+            config.weights,
+            config.cache_dir,
+            config.device,
+        )
+        method = cell.fitted_method(pipe.context(), required=True, registry=pipe.registry)
+        pipe.load({"maps"})
+        train_maps = pipe.inputs["maps"]["train"]
+        train_pids = pipe.splits.arrays["train"].pids
+        n_train = len(train_maps)
+        embed = None
+        if "features" in method.consumes:
+            from .ide import embed_maps
+
+            ide = pipe.ide_model()
+            embed = lambda maps: embed_maps(ide, maps, pipe.device)  # noqa: E731
+        n_groups = len(cell.schema) if cell.schema is not None else 0
+        t0 = time.perf_counter()
+        last = [t0]
+
+        def progress(done: int, total: int) -> None:
+            if config.progress and (time.perf_counter() - last[0] > 30 or done == total):
+                last[0] = time.perf_counter()
+                rate = done / (last[0] - t0)
+                log.info(
+                    "distractor codes %d / %d (%.0f per s, %.0f s left)",
+                    done,
+                    total,
+                    rate,
+                    (total - done) / rate,
+                )
+
+        d = encode_distractors(method, train_maps, train_pids, sizes[-1], seed, embed, n_groups, progress)
+        encode_s = time.perf_counter() - t0
+        log.info(
+            "%d distractor codes in %.0f s (%.1f s per 1,000 inputs)",
+            sizes[-1],
+            encode_s,
+            1000 * encode_s / sizes[-1],
+        )
+    else:
+        n_train = int(cell.row.get("n_train") or 0)
+
+    t0 = time.perf_counter()
+    below = below_counts(distractor_histograms(q, d, sizes, cell.bits))
+    evaluations = evaluate_with_distractors(
+        q,
+        g,
+        below,
+        cell.arrays["query_pids"],
+        cell.arrays["query_camids"],
+        cell.arrays["gallery_pids"],
+        cell.arrays["gallery_camids"],
+    )
+    log.info("mAP over the full rankings at %d sizes in %.0f s", len(sizes), time.perf_counter() - t0)
+
+    commit, date, dev = git_commit(), now(), device_name(config.device)
+    source = distractor_source(n_train, seed)
+    rows = []
+    for size, evaluation in zip(sizes, evaluations, strict=True):
+        gallery = np.concatenate([g, d[:size]]) if size else g
+        k = min(config.k, len(gallery))
+        reference = None
+        for name in backends:
+            index = make_index(name, cell.bits).build(gallery)
+            t1 = time.perf_counter()
+            dist, _ = index.search(q, k)
+            query_ms = 1000 * (time.perf_counter() - t1) / max(1, len(q))
+            if reference is None and index.exact:
+                reference = dist
+            if reference is None:  # an approximate backend first: an exact reference for its recall
+                reference, _ = make_index("flat", cell.bits).build(gallery).search(q, k)
+            recall = recall_at_k(dist, reference)
+            if index.exact and recall != 1.0:  # cannot happen: exact backends agree (tests/test_index.py)
+                log.warning(
+                    "backend %s at %d codes: distances differ from %s", name, len(gallery), backends[0]
+                )
+            rows.append(
+                {
+                    "dataset": cell.dataset,
+                    "method": cell.method,
+                    "bits": cell.bits,
+                    "distractors": size,
+                    "gallery_size": len(gallery),
+                    "map": 100 * evaluation.mAP,
+                    "rank1": 100 * evaluation.rank(1),
+                    "backend": name,
+                    "exact": index.exact,
+                    "k": k,
+                    "build_s": index.build_s_,
+                    "query_ms": query_ms,
+                    "recall": recall,
+                    "memory_bytes": index.memory_bytes(),
+                    "n_query": len(q),
+                    "encode_s": encode_s,
+                    "distractor_source": source,
+                    "config_hash": cell.row.get("config_hash", ""),
+                    "seed": seed,
+                    "device": dev,
+                    "version": __version__,
+                    "commit": commit,
+                    "date": date,
+                }
+            )
+            log.info(
+                "%s @ %d bits, %d distractors: mAP %.2f rank-1 %.2f | %s: build %.1f s, %.3f ms/query, recall %.3f",
+                cell.method, cell.bits, size, 100 * evaluation.mAP, 100 * evaluation.rank(1), name,
+                index.build_s_, query_ms, recall,
+            )  # fmt: skip
+    store_rows(out, rows)
+    plot_scale(out)
+    return pd.DataFrame(rows, columns=list(SCALE_COLUMNS))
+
+
+# -------------------------------------------------------------------------------------- store, plots
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e-3 and value else f"{value:.4f}"
+    return str(value)
+
+
+def _row_key(values: dict) -> tuple:
+    return tuple(str(values.get(c, "")).strip() for c in SCALE_KEY)
+
+
+def store_rows(out: Path, rows: list[dict]) -> Path:
+    """Add ``rows`` to ``out/scale.csv`` under the folder lock, atomically (written beside, fsynced,
+    renamed): earlier rows of the same (cell, size, backend, seed) are replaced, damaged lines dropped
+    with one warning, every other row kept as written."""
+    path = Path(out) / SCALE_NAME
+    new = [{c: _fmt(r[c]) for c in SCALE_COLUMNS} for r in rows]
+    keys = {_row_key(r) for r in new}
+    with folder_lock(Path(out)):
+        kept: list[dict] = []
+        if path.is_file():
+            scan = scan_csv(path, check_result_row, what="scale file")
+            if scan.header and list(scan.header) != list(SCALE_COLUMNS):
+                raise HashbenchError(
+                    f"{path}: not a scale.csv of hashbench {__version__}; write to another --out"
+                )
+            if scan.damaged:
+                log.warning("%s", damage_message(path, scan.damaged, "dropped"))
+            kept = [v for _, v in scan.good if _row_key(v) not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(SCALE_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept + new)
+        atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    return path
+
+
+def read_scale(folder: Path) -> pd.DataFrame | None:
+    """The latest row of each (cell, size, backend, seed) of ``folder/scale.csv``, or ``None``."""
+    frame = read_store_frame(Path(folder) / SCALE_NAME, "scale file", dtype={"config_hash": str})
+    if frame is None or frame.empty:
+        return None
+    keep = latest_positions(frame, SCALE_KEY)
+    return frame.iloc[sorted(keep)].reset_index(drop=True)
+
+
+def plot_scale(folder: Path) -> tuple[Path, Path] | None:
+    """``scale_map.png`` (mAP against gallery size, one line per cell) and ``scale_query_ms.png``
+    (ms per query of a top-k search against gallery size, one line per backend and cell), log x."""
+    from .report import new_figure, save_figure
+    from .report.figures import COLORS, MARKERS, legend
+
+    frame = read_scale(folder)
+    if frame is None:
+        return None
+    folder = Path(folder)
+    cells = list(dict.fromkeys(zip(frame["method"], frame["bits"], frame["seed"], strict=True)))
+    label = {
+        c: f"{c[0]} @ {c[1]} bits" + (f" (seed {c[2]})" if len({x[2] for x in cells}) > 1 else "")
+        for c in cells
+    }
+
+    fig = new_figure((6.5, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, c in enumerate(cells):
+        part = frame[(frame["method"] == c[0]) & (frame["bits"] == c[1]) & (frame["seed"] == c[2])]
+        part = part.drop_duplicates("distractors").sort_values("gallery_size")
+        ax.plot(
+            part["gallery_size"],
+            part["map"],
+            marker=MARKERS[i % len(MARKERS)],
+            color=COLORS[i % len(COLORS)],
+            label=label[c],
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("gallery size (test gallery + distractors)")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title(f"{frame['dataset'].iloc[0]}: mAP as the gallery grows", fontsize=10)
+    ax.grid(alpha=0.3)
+    legend(ax)
+    map_png = save_figure(fig, folder / MAP_PNG)
+
+    fig = new_figure((6.5, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    series = list(
+        dict.fromkeys(zip(frame["backend"], frame["method"], frame["bits"], frame["seed"], strict=True))
+    )
+    for i, (backend, *c) in enumerate(series):
+        c = tuple(c)
+        part = frame[
+            (frame["backend"] == backend)
+            & (frame["method"] == c[0])
+            & (frame["bits"] == c[1])
+            & (frame["seed"] == c[2])
+        ]
+        part = part.sort_values("gallery_size")
+        approx = " (approx.)" if str(part["exact"].iloc[0]).lower() == "false" else ""
+        ax.plot(
+            part["gallery_size"], part["query_ms"], marker=MARKERS[i % len(MARKERS)], color=COLORS[i % len(COLORS)],
+            label=f"{backend}{approx}, {label[c]}",
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    k = int(frame["k"].max())
+    ax.set_xlabel("gallery size (test gallery + distractors)")
+    ax.set_ylabel(f"ms per query (top-{k})")
+    ax.set_title(f"{frame['dataset'].iloc[0]}: top-{k} search time", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    legend(ax)
+    query_png = save_figure(fig, folder / QUERY_PNG)
+    return map_png, query_png
+
+
+__all__ = [
+    "ScaleConfig",
+    "distractor_histograms",
+    "distractor_maps",
+    "evaluate_with_distractors",
+    "parse_distractors",
+    "run_scale",
+]

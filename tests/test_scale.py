@@ -1,0 +1,196 @@
+"""``hashbench scale``: distractors of the cell's own method, the exact mAP of the grown gallery, the
+scale.csv rows and plots, determinism, one-line errors."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+
+from hashbench.cells import load_cell
+from hashbench.cli import main
+from hashbench.errors import HashbenchError
+from hashbench.metrics import evaluate_rankings
+from hashbench.runner import run
+from hashbench.scale import (
+    CHUNK,
+    SCALE_COLUMNS,
+    below_counts,
+    distractor_histograms,
+    distractor_maps,
+    evaluate_with_distractors,
+    parse_distractors,
+)
+from hashbench.search import hamming_rank
+
+from .tiny import tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A tiny synthetic run: LSH (adapted features) and DBH (trunk maps) at 32 bits."""
+    tmp = tmp_path_factory.mktemp("scale")
+    config = tiny_run_config(
+        tmp,
+        methods=["lsh", "dbh"],
+        bits=[32],
+        method_params={"dbh": {"epochs": 1}},
+        reference=False,
+        attribute_queries=False,
+    )
+    run(config)
+    return tmp
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    return code, captured.out, err[-1] if err else ""
+
+
+def scale_rows(folder):
+    with open(folder / "scale.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------- the evaluation
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_distractor_evaluation_equals_the_full_ranking_of_the_grown_gallery(bits):
+    """Few distinct codes (ties everywhere), junk (pid -1 and same camera), the dataset's own distractors
+    (pid 0): the histogram evaluation equals evaluate_rankings on gallery + appended distractors."""
+    rng = np.random.default_rng(bits)
+    width = bits // 8
+    base = rng.integers(0, 256, (12, width), dtype=np.uint8)
+    nq, ng, nd = 30, 120, 700
+    q = base[rng.integers(0, 12, nq)]
+    g = base[rng.integers(0, 12, ng)]
+    d = rng.integers(0, 256, (nd, width), dtype=np.uint8)
+    d[::3] = base[rng.integers(0, 12, len(d[::3]))]  # distractors tied with gallery codes
+    q_pids = rng.integers(1, 8, nq)
+    q_cams = rng.integers(1, 4, nq)
+    g_pids = rng.integers(-1, 8, ng)
+    g_cams = rng.integers(1, 4, ng)
+    sizes = [0, 1, 50, 333, nd]
+    below = below_counts(distractor_histograms(q, d, sizes, bits, block=128))
+    got = evaluate_with_distractors(q, g, below, q_pids, q_cams, g_pids, g_cams, chunk=7)
+    for size, evaluation in zip(sizes, got, strict=True):
+        grown = np.concatenate([g, d[:size]])
+        ranking = hamming_rank(q, grown, backend="numpy")
+        want = evaluate_rankings(
+            ranking,
+            q_pids,
+            q_cams,
+            np.concatenate([g_pids, np.zeros(size, dtype=np.int64)]),
+            np.concatenate([g_cams, np.ones(size, dtype=np.int64)]),
+        )
+        assert evaluation.n_valid == want.n_valid
+        assert evaluation.mAP == pytest.approx(want.mAP, abs=1e-12)
+        np.testing.assert_allclose(evaluation.ap, want.ap, atol=1e-12)
+        np.testing.assert_allclose(evaluation.cmc, want.cmc, atol=1e-12)
+
+
+def test_distractor_maps_follow_the_recipe_and_are_prefix_stable():
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((10, 3, 4, 2)).astype(np.float16)
+    pids = np.array([1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    std = np.ones(3, dtype=np.float32)
+    out = distractor_maps(maps, pids, 0, 40, seed=7, channel_std=std)
+    np.testing.assert_array_equal(out[:10], maps)  # the training maps as they are
+    np.testing.assert_array_equal(out[10:20], maps[..., ::-1])  # then flipped
+    assert np.isfinite(out[20:].astype(np.float32)).all() and not np.array_equal(out[20:30], out[30:40])
+    # the same seed: the same maps, whatever the range asked; another seed: other mixups
+    np.testing.assert_array_equal(distractor_maps(maps, pids, 25, 40, 7, std), out[25:40])
+    assert not np.array_equal(distractor_maps(maps, pids, 20, 40, 8, std), out[20:40])
+    assert CHUNK >= 40  # one chunk above: its draw depends on (seed, chunk) only
+
+
+def test_parse_distractors():
+    assert parse_distractors("0,100k,300k,1M") == [0, 100_000, 300_000, 1_000_000]
+    assert parse_distractors("5, 1,5,1.5k") == [1, 5, 1500]
+    for bad in ("-1", "abc", "1.5", "10,,20", "1e6"):
+        with pytest.raises(HashbenchError, match="--distractors"):
+            parse_distractors(bad)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def test_scale_end_to_end_writes_rows_and_plots(finished, capsys):
+    res = finished / "res"
+    code, out, err = cli(
+        capsys, "scale", res, "--method", "dbh", "--bits", "32", "--distractors", "300,0,2k",
+        "--backend", "flat,mih", "--cache-dir", finished / "cache", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = scale_rows(res)
+    assert list(rows[0]) == list(SCALE_COLUMNS)
+    assert [(r["distractors"], r["backend"]) for r in rows] == [
+        (s, b) for s in ("0", "300", "2000") for b in ("flat", "mih")
+    ]
+    cell = load_cell(res, "dbh", 32)
+    n_gallery = len(cell.arrays["gallery_pids"])
+    for r in rows:
+        assert int(r["gallery_size"]) == n_gallery + int(r["distractors"])
+        assert r["recall"] == "1.0000" and r["exact"] == "true" and r["k"] == "100"
+        assert r["config_hash"] == cell.row["config_hash"] and r["commit"] and r["date"]
+        assert "mixup" in r["distractor_source"] and int(r["memory_bytes"]) >= 4 * int(r["gallery_size"])
+    maps = [float(r["map"]) for r in rows if r["backend"] == "flat"]
+    assert maps[0] == pytest.approx(float(cell.row["map"]), abs=1e-4)  # no distractors: the cell's mAP
+    assert maps[0] >= maps[1] >= maps[2]  # more distractors can only push matches down
+    assert (res / "scale_map.png").stat().st_size > 0 and (res / "scale_query_ms.png").stat().st_size > 0
+
+    # the features method (IDE stage): the same, beside the first cell's rows; a rerun replaces its rows
+    for _ in range(2):
+        code, _, err = cli(
+            capsys, "scale", res, "--method", "lsh", "--bits", "32", "--distractors", "0,500",
+            "--backend", "flat", "--cache-dir", finished / "cache", "--no-progress",
+        )  # fmt: skip
+        assert code == 0, err
+    rows = scale_rows(res)
+    assert len(rows) == 8 and [r["method"] for r in rows].count("lsh") == 2
+
+
+def test_scale_is_deterministic_for_a_seed(finished, capsys, tmp_path):
+    res = finished / "res"
+
+    def maps(seed, out):
+        code, _, err = cli(
+            capsys, "scale", res, "--method", "lsh", "--bits", "32", "--distractors", "900",
+            "--backend", "flat", "--seed", seed, "--out", out, "--cache-dir", finished / "cache",
+        )  # fmt: skip
+        assert code == 0, err
+        return [float(r["map"]) for r in scale_rows(out)]
+
+    first = maps(3, tmp_path / "a")
+    assert maps(3, tmp_path / "b") == first
+    assert maps(4, tmp_path / "c") != first  # other mixups, other codes, another mAP
+
+
+def test_bad_scale_input_is_one_line(finished, capsys, tmp_path):
+    res = finished / "res"
+    base = ["scale", res, "--method", "lsh", "--bits", "32", "--cache-dir", finished / "cache"]
+    for args, expected in (
+        (["--distractors", "-5"], "--distractors"),
+        (["--distractors", "ten"], "--distractors"),
+        (["--distractors", "0", "--k", "100000"], "larger than the smallest gallery"),
+        (["--k", "0"], "--k 0"),
+        (["--backend", "annoy"], "--backend 'annoy': unknown; valid: flat"),
+        (["--bits", "32,64"], "one code length"),
+    ):
+        code, _, err = cli(capsys, *base, *args)
+        assert code == 2 and expected in err, (args, err)
+        assert err.startswith("hashbench: error:")
+    # query and gallery codes of different lengths in the artifact
+    bad = tmp_path / "res"
+    shutil.copytree(res, bad)
+    cell = load_cell(bad, "lsh", 32)
+    arrays = dict(cell.arrays)
+    arrays["query_codes"] = arrays["query_codes"][:, :2]
+    np.savez_compressed(cell.path, **arrays)
+    code, _, err = cli(capsys, "scale", bad, "--method", "lsh", "--bits", "32", "--distractors", "0")
+    assert code == 2 and "mismatched code lengths" in err
+    code, _, err = cli(capsys, "scale", res, "--method", "itq", "--bits", "32")
+    assert code == 2 and "no cell itq at 32 bits" in err

@@ -233,9 +233,10 @@ class LogisticDecoder(Decoder):
     Parameters
     ----------
     C : float
-        Inverse L2 strength (scikit-learn's ``C``; default 0.05). Chosen on the synthetic set's training
-        identities against held-out ones: the training codes of a method are codes of the identities it
-        was fitted on, and a weak penalty learns their identities rather than their attributes.
+        Inverse L2 strength (scikit-learn's ``C``; default 0.05). Not tuned yet: a strong penalty because
+        the training codes of a method are codes of the identities it was fitted on, and a weak one
+        learns their identities rather than their attributes. Tune it on held-out ids
+        (``--holdout`` runs with ``--decoder-param logistic.C=...``), never on the test split.
     max_iter : int
         L-BFGS iterations per group (default 300).
 

@@ -379,6 +379,17 @@ def add_dataset_arguments(s: argparse.ArgumentParser, root_help: str, option_hel
     s.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help=option_help)
 
 
+def add_decoder_param(parser: argparse.ArgumentParser) -> None:
+    """``--decoder-param`` (of ``run`` and ``describe``)."""
+    parser.add_argument(
+        "--decoder-param",
+        action="append",
+        default=[],
+        metavar="DECODER.KEY=VALUE",
+        help="a decoder hyperparameter, e.g. logistic.C=0.2 (its rows are then named logistic(C=0.2)); repeatable",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hashbench", description="Benchmark hashing methods for person re-id.")
     p.add_argument(
@@ -455,13 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the photo + description queries of each cell (photo_description.csv)",
     )
-    s.add_argument(
-        "--decoder-param",
-        action="append",
-        default=[],
-        metavar="DECODER.KEY=VALUE",
-        help="a decoder hyperparameter, e.g. logistic.C=0.2 (its rows are then named logistic(C=0.2)); repeatable",
-    )
+    add_decoder_param(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.add_argument(
         "--executor",
@@ -509,13 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", help="one code length (default: every length in the results)")
     s.add_argument("--decoders", default="naive-bayes,logistic", help="generic decoders (default: both)")
     s.add_argument("--no-photo-description", action="store_true", help="skip photo + description")
-    s.add_argument(
-        "--decoder-param",
-        action="append",
-        default=[],
-        metavar="DECODER.KEY=VALUE",
-        help="a decoder hyperparameter, e.g. logistic.C=0.2 (its rows are then named logistic(C=0.2)); repeatable",
-    )
+    add_decoder_param(s)
     s.set_defaults(func=cmd_describe)
 
     s = sub.add_parser(

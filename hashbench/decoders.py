@@ -173,6 +173,16 @@ class Decoder(ABC):
 
     # -------------------------------------------------------------------------------------- helpers
 
+    def _training(self, codes: np.ndarray, attributes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The training ``codes`` (n, B) and ``attributes`` (n, G) of :meth:`fit`, validated; empty ones
+        are a one-line error."""
+        codes = check_codes(codes, "training codes")
+        attributes = self._attributes(attributes, len(codes), "training attributes")
+        n, bits = codes.shape
+        if n == 0 or bits == 0:
+            raise HashbenchError(f"training codes are empty ({n} x {bits}); nothing to fit")
+        return codes, attributes
+
     def _attributes(self, attributes, n: int, name: str) -> np.ndarray:
         a = np.asarray(attributes)
         if a.ndim != 2 or a.shape != (n, len(self.schema)):
@@ -261,11 +271,8 @@ class LogisticDecoder(Decoder):
         from sklearn.linear_model import LogisticRegression
         from threadpoolctl import threadpool_limits
 
-        codes = check_codes(codes, "training codes")
-        attributes = self._attributes(attributes, len(codes), "training attributes")
+        codes, attributes = self._training(codes, attributes)
         n, bits = codes.shape
-        if n == 0 or bits == 0:
-            raise HashbenchError(f"training codes are empty ({n} x {bits}); nothing to fit")
         counts = self._fit_prior(attributes)
         x = codes.astype(np.float32) * 2.0 - 1.0  # float32: half the time of L-BFGS in float64
         V = int(self.offsets_[-1])

@@ -111,11 +111,8 @@ class AttributeDecoder(Decoder):
 
     def fit(self, codes: np.ndarray, attributes: np.ndarray) -> AttributeDecoder:
         """Learn the per-value bit frequencies from training ``codes`` (n, B) 0/1 and ``attributes`` (n, G)."""
-        codes = _codes(codes, "training codes")
-        attributes = self._attributes(attributes, len(codes), "training attributes")
+        codes, attributes = self._training(codes, attributes)
         n, bits = codes.shape
-        if n == 0 or bits == 0:
-            raise HashbenchError(f"training codes are empty ({n} x {bits}); nothing to fit")
         x = codes.astype(np.float64)
         background = (x.sum(0) + 1.0) / (n + 2.0)
         onehot = self._onehot(attributes)  # (n, V)

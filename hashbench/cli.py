@@ -323,8 +323,9 @@ def cmd_scale(args) -> int:
     from .scale import DEFAULT_DISTRACTORS, ScaleConfig, parse_distractors, run_scale
 
     bits = parse_bits(args.bits)
-    if len(bits) != 1:
-        raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise HashbenchError(f"--method {args.method!r}: expected method names, e.g. deepssh,sdh")
     sizes = parse_distractors(args.distractors or DEFAULT_DISTRACTORS)
     if args.k < 1:
         raise HashbenchError(f"--k {args.k}: expected a positive number of neighbours")
@@ -339,8 +340,8 @@ def cmd_scale(args) -> int:
     frame = run_scale(
         ScaleConfig(
             results=Path(args.results),
-            method=args.method,
-            bits=bits[0],
+            methods=methods,
+            bits=bits,
             distractors=sizes,
             backends=None if args.backend == "auto" else args.backend.split(","),
             seed=args.seed,
@@ -352,11 +353,14 @@ def cmd_scale(args) -> int:
             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
             device=args.device,
             progress=not args.no_progress,
+            cache_codes=not args.no_cache_codes,
         )
     )
     from tabulate import tabulate
 
     cols = [
+        "method",
+        "bits",
         "distractors",
         "gallery_size",
         "map",
@@ -567,11 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "scale",
-        help="grow a cell's gallery with distractor codes of its own method: mAP and top-k search time",
+        help="grow cells' galleries with distractor codes of their own methods: mAP and top-k search time",
     )
     s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
-    s.add_argument("--method", required=True, help="the cell's method")
-    s.add_argument("--bits", required=True, help="the cell's code length")
+    s.add_argument(
+        "--method", required=True, help="the cells' methods, comma-separated (one pass over the distractors)"
+    )
+    s.add_argument("--bits", required=True, help="the cells' code lengths: 128,2048, 128-2048 or 512")
     s.add_argument(
         "--distractors",
         default="0,100k,300k,1M",
@@ -593,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
     s.add_argument("--device", default="cpu", help="auto, cpu or cuda (encoding the distractors)")
     s.add_argument("--no-progress", action="store_true", help="no progress lines")
+    s.add_argument(
+        "--no-cache-codes",
+        action="store_true",
+        help="do not keep the distractor codes under the cache (default: kept, so a killed run resumes "
+        "and a rerun with other sizes or backends encodes nothing twice)",
+    )
     s.set_defaults(func=cmd_scale)
     return p
 

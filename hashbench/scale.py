@@ -47,7 +47,9 @@ rows), written atomically under the folder lock, then ``scale_map.png`` and ``sc
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import re
 import time
@@ -84,6 +86,8 @@ SCALE_NAME = "scale.csv"
 MAP_PNG = "scale_map.png"
 QUERY_PNG = "scale_query_ms.png"
 CHUNK = 2048  # distractors generated, encoded and drawn per chunk (the seed's unit)
+BLOCK = 32 * CHUNK  # distractor codes cached per file (a killed run resumes at a block)
+RECIPE = 1  # version of the distractor recipe, part of the cache key: bump it when distractor_maps changes
 MIX_RANGE = (0.3, 0.7)
 NOISE = 0.1  # Gaussian noise, in units of each channel's standard deviation over the training maps
 SCALE_COLUMNS = (
@@ -205,8 +209,68 @@ def channel_std(maps: np.ndarray, sample: int = 4096) -> np.ndarray:
     return maps[rows].astype(np.float32).std(axis=(0, 2, 3))
 
 
+class DistractorCodes:
+    """The distractor codes of one fitted cell, cached under ``<cache>/distractors/<key>/`` in blocks of
+    :data:`BLOCK` distractors: ``block-<b>.npy`` (packed codes; the last block may be short) beside
+    ``block-<b>.json`` (its row count and the seconds they cost), each written atomically. ``key`` digests
+    everything the codes depend on (the artifact's bytes, the trunk and IDE model, the recipe, the seed),
+    so a killed ``hashbench scale`` resumes at its last finished block, and a rerun with other sizes or
+    backends encodes nothing it has. Codes of dataset images are cache, never results: the folder is
+    under the cache directory."""
+
+    def __init__(self, root: Path, key: str, width: int):
+        self.folder = Path(root) / "distractors" / key
+        self.width = width
+
+    def _meta(self, b: int) -> dict | None:
+        path = self.folder / f"block-{b}.json"
+        if not path.is_file():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+            codes = np.load(self.folder / f"block-{b}.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "distractor codes %s block %d cannot be read (%s): encoding it again", self.folder, b, exc
+            )
+            return None
+        if codes.shape != (int(meta.get("rows", -1)), self.width) or codes.dtype != np.uint8:
+            log.warning(
+                "distractor codes %s block %d do not match their record: encoding it again", self.folder, b
+            )
+            return None
+        return meta
+
+    def rows(self, b: int) -> int:
+        meta = self._meta(b)
+        return int(meta["rows"]) if meta else 0
+
+    def read(self, b: int, rows: int) -> tuple[np.ndarray, float]:
+        """The first ``rows`` codes of block ``b`` and their share of its recorded seconds."""
+        meta = self._meta(b)
+        codes = np.load(self.folder / f"block-{b}.npy")
+        return codes[:rows], float(meta["seconds"]) * rows / max(1, int(meta["rows"]))
+
+    def write(self, b: int, codes: np.ndarray, seconds: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(codes, dtype=np.uint8))
+        atomic_write_bytes(self.folder / f"block-{b}.npy", buf.getvalue())
+        meta = {"rows": len(codes), "seconds": seconds, "recipe": RECIPE}
+        atomic_write_bytes(self.folder / f"block-{b}.json", json.dumps(meta).encode())
+
+
+@dataclass
+class Target:
+    """One cell whose distractor codes are wanted: its fitted method, and where they are cached (or
+    ``None``: not cached)."""
+
+    method: object
+    store: DistractorCodes | None = None
+
+
 def encode_distractors(
-    method,
+    targets: Sequence[Target],
     train_maps: np.ndarray,
     train_pids: np.ndarray,
     count: int,
@@ -214,38 +278,81 @@ def encode_distractors(
     embed: Callable[[np.ndarray], np.ndarray] | None,
     n_groups: int = 0,
     progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """(count, bits // 8) packed codes of the first ``count`` distractors through ``method`` (its
-    ``encode``); ``embed``: maps -> adapted features, for a method that consumes ``features``."""
-    consumes = set(method.consumes)
-    unsupported = consumes - {"maps", "features", "attributes"}
-    if unsupported:
-        raise HashbenchError(
-            f"method {method.name!r} consumes {', '.join(sorted(unsupported))}: distractors are trunk maps "
-            "(a method trained from pixels, --finetune full, is not supported)"
-        )
-    if "features" in consumes and embed is None:
-        raise HashbenchError(f"method {method.name!r} consumes features: the IDE model is needed")
-    bits = method.bits
-    out = np.empty((count, bits // 8), dtype=np.uint8)
-    std = channel_std(train_maps)
-    for s in range(0, count, CHUNK):
-        e = min(s + CHUNK, count)
-        maps = distractor_maps(train_maps, train_pids, s, e, seed, std)
-        extra: dict = {}
-        if "maps" in consumes:
-            extra["maps"] = maps
-        if "features" in consumes:
-            extra["features"] = embed(maps)
-        if "attributes" in consumes:
-            extra["attributes"] = np.full((e - s, n_groups), -1, dtype=np.int16)
-        view = View("distractors", np.zeros(e - s, dtype=np.int64), np.zeros(e - s, dtype=np.int64), **extra)
-        with torch.inference_mode():
-            codes = check_codes(method.encode(view), e - s, bits, method.name)
-        out[s:e] = np.packbits(codes, axis=1)
-        if progress is not None:
-            progress(e, count)
-    return out
+) -> list[tuple[np.ndarray, float]]:
+    """For each target, the (count, bits // 8) packed codes of the first ``count`` distractors through
+    its method's ``encode``, and the seconds they cost. The maps of each chunk are generated once, and
+    embedded once (``embed``: maps -> adapted features) for every target that consumes ``features``,
+    whatever the number of targets; each target's seconds count the generation and embedding in full
+    (what the cell would cost alone), plus its own encoding; codes read from a target's cache count the
+    seconds recorded when they were made."""
+    for t in targets:
+        consumes = set(t.method.consumes)
+        unsupported = consumes - {"maps", "features", "attributes"}
+        if unsupported:
+            raise HashbenchError(
+                f"method {t.method.name!r} consumes {', '.join(sorted(unsupported))}: distractors are trunk "
+                "maps (a method trained from pixels, --finetune full, is not supported)"
+            )
+        if "features" in consumes and embed is None:
+            raise HashbenchError(f"method {t.method.name!r} consumes features: the IDE model is needed")
+    outs = [np.empty((count, t.method.bits // 8), dtype=np.uint8) for t in targets]
+    seconds = [0.0] * len(targets)
+    std = None
+    for b in range(-(-count // BLOCK)):
+        lo, hi = b * BLOCK, min((b + 1) * BLOCK, count)
+        starts, spent = [], [0.0] * len(targets)
+        for i, t in enumerate(targets):
+            have = min(t.store.rows(b), hi - lo) if t.store is not None else 0
+            if have:
+                codes, cost = t.store.read(b, have)
+                outs[i][lo : lo + have] = codes
+                seconds[i] += cost
+            starts.append(lo + have)
+        need = [i for i in range(len(targets)) if starts[i] < hi]
+        if not need:
+            if progress is not None:
+                progress(hi, count)
+            continue
+        std = channel_std(train_maps) if std is None else std
+        for s in range(min(starts[i] for i in need), hi, CHUNK):
+            e = min(s + CHUNK, hi)
+            here = [i for i in need if starts[i] < e]
+            t0 = time.perf_counter()
+            maps = distractor_maps(train_maps, train_pids, s, e, seed, std)
+            shared = time.perf_counter() - t0
+            features = None
+            if any("features" in targets[i].method.consumes for i in here):
+                t0 = time.perf_counter()
+                features = embed(maps)
+                embed_s = time.perf_counter() - t0
+            for i in here:
+                method = targets[i].method
+                r0 = max(starts[i], s) - s
+                extra: dict = {}
+                if "maps" in method.consumes:
+                    extra["maps"] = maps[r0:]
+                if "features" in method.consumes:
+                    extra["features"] = features[r0:]
+                if "attributes" in method.consumes:
+                    extra["attributes"] = np.full((e - s - r0, n_groups), -1, dtype=np.int16)
+                n = e - s - r0
+                view = View("distractors", np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), **extra)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    codes = check_codes(method.encode(view), n, method.bits, method.name)
+                outs[i][s + r0 : e] = np.packbits(codes, axis=1)
+                spent[i] += (
+                    time.perf_counter() - t0 + shared + (embed_s if "features" in method.consumes else 0.0)
+                )
+            if progress is not None:
+                progress(e, count)
+        for i in need:
+            seconds[i] += spent[i]
+            store = targets[i].store
+            if store is not None:  # the whole block so far: what was read plus what was added
+                before = store.read(b, starts[i] - lo)[1] if starts[i] > lo else 0.0
+                store.write(b, outs[i][lo:hi], before + spent[i])
+    return list(zip(outs, seconds, strict=True))
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -346,11 +453,11 @@ def below_counts(hist: np.ndarray) -> np.ndarray:
 @dataclass
 class ScaleConfig:
     results: Path
-    method: str
-    bits: int
+    methods: Sequence[str]
+    bits: Sequence[int]
     distractors: Sequence[int]
-    backends: Sequence[str] | None = None  # None: auto
-    seed: int | None = None  # None: the cell's seed
+    backends: Sequence[str] | None = None  # None: auto, per code length
+    seed: int | None = None  # None: the cells' seed
     k: int = 100
     out: Path | None = None
     data_root: str | None = None
@@ -359,6 +466,7 @@ class ScaleConfig:
     cache_dir: Path | None = None
     device: str = "cpu"
     progress: bool = True
+    cache_codes: bool = True  # keep the distractor codes under the cache (resume, reuse)
 
 
 def check_sizes(sizes: Sequence[int], n_gallery: int, k: int) -> None:
@@ -391,74 +499,140 @@ def check_cell_codes(cell: Cell) -> tuple[np.ndarray, np.ndarray]:
     return q, g
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def codes_key(cell: Cell, pipe, seed: int, ide_digest: str | None) -> str:
+    """What a cell's distractor codes depend on: its fitted method (the artifact's bytes), the trunk
+    maps they start from, the IDE model that embeds them (for a method that consumes features), the
+    recipe and the seed."""
+    from .keys import digest_of
+
+    return digest_of(
+        {
+            "artifact": _file_digest(cell.path),
+            "trunk": pipe.keys.trunk.spec(),
+            "ide": ide_digest,
+            "recipe": RECIPE,
+            "chunk": CHUNK,
+            "seed": seed,
+            "n_train": len(pipe.inputs["maps"]["train"]),
+        }
+    )
+
+
+def _cells(config: ScaleConfig, sizes: Sequence[int]) -> list[tuple[Cell, np.ndarray, np.ndarray, list[str]]]:
+    """Every (method, bits) cell asked for, its checked codes and backends; all checks before any work."""
+    out = []
+    for method in dict.fromkeys(config.methods):
+        for bits in dict.fromkeys(int(b) for b in config.bits):
+            cell = load_cell(Path(config.results), method, bits)
+            q, g = check_cell_codes(cell)
+            check_sizes(sizes, len(g), config.k)
+            backends = parse_backends("auto" if config.backends is None else ",".join(config.backends), bits)
+            out.append((cell, q, g, backends))
+    seeds = {int(c.row.get("seed") or 0) for c, *_ in out}
+    if config.seed is None and len(seeds) > 1:
+        raise HashbenchError(
+            f"the cells were trained with seeds {sorted(seeds)}: pass --seed for one set of distractors, "
+            "or scale them apart"
+        )
+    return out
+
+
 def run_scale(config: ScaleConfig) -> pd.DataFrame:
-    """Grow the cell's gallery, score and search it at every size; append to ``scale.csv``, draw the
-    plots; returns this run's rows."""
+    """Grow the gallery of every (method, bits) cell asked for, score and search it at every size;
+    append to ``scale.csv``, draw the plots; returns this run's rows. The cells share one pass over the
+    distractors (each chunk of maps generated, and embedded by the IDE model, once for all of them)."""
     from .configs import read_configs
     from .query import prepare_pipeline
 
     sizes = sorted(set(int(s) for s in config.distractors))
     results = Path(config.results)
-    cell = load_cell(results, config.method, config.bits)
-    q, g = check_cell_codes(cell)
-    check_sizes(sizes, len(g), config.k)
-    backends = parse_backends("auto" if config.backends is None else ",".join(config.backends), cell.bits)
+    cells = _cells(config, sizes)
     out = Path(config.out) if config.out else results
-    record = read_configs(results).get(cell.row.get("config_hash", ""))
-    dataset = record["config"]["dataset"]["name"] if record else cell.dataset
-    seed = int(cell.row.get("seed") or 0) if config.seed is None else int(config.seed)
+    seed = int(cells[0][0].row.get("seed") or 0) if config.seed is None else int(config.seed)
+    configs = read_configs(results)
 
-    encode_s = 0.0
-    d = np.empty((0, cell.bits // 8), np.uint8)
-    n_train = 0
+    encoded: list[tuple[np.ndarray, float]] = [(np.empty((0, c.bits // 8), np.uint8), 0.0) for c, *_ in cells]
+    n_train = int(cells[0][0].row.get("n_train") or 0)
     if sizes[-1] > 0:
-        pipe = prepare_pipeline(
-            cell,
-            dataset,
-            config.data_root,
-            config.dataset_options,
-            config.weights,
-            config.cache_dir,
-            config.device,
-        )
-        method = cell.fitted_method(pipe.context(), required=True, registry=pipe.registry)
+        pipes: dict = {}
+        pipe = None
+        for cell, *_ in cells:  # one pipeline for all: the same trunk maps and IDE model
+            record = configs.get(cell.row.get("config_hash", ""))
+            dataset = record["config"]["dataset"]["name"] if record else cell.dataset
+            h = cell.row.get("config_hash", "")
+            if h not in pipes:
+                pipes[h] = prepare_pipeline(
+                    cell, dataset, config.data_root, config.dataset_options, config.weights,
+                    config.cache_dir, config.device,
+                )  # fmt: skip
+            if pipe is None:
+                pipe = pipes[h]
+            elif (pipes[h].keys.trunk, pipes[h].keys.ide) != (pipe.keys.trunk, pipe.keys.ide):
+                raise HashbenchError(
+                    f"{cell.method} at {cell.bits} bits comes from another pipeline (trunk or IDE stage) than "
+                    f"{cells[0][0].method} at {cells[0][0].bits} bits: scale them apart"
+                )
         pipe.load({"maps"})
         train_maps = pipe.inputs["maps"]["train"]
         train_pids = pipe.splits.arrays["train"].pids
         n_train = len(train_maps)
-        embed = None
-        if "features" in method.consumes:
-            from .ide import embed_maps
+        methods = [c.fitted_method(pipe.context(), required=True, registry=pipe.registry) for c, *_ in cells]
+        embed = ide_digest = None
+        if any("features" in m.consumes for m in methods):
+            from .ide import MODEL, embed_maps, ide_entry
 
             ide = pipe.ide_model()
             embed = lambda maps: embed_maps(ide, maps, pipe.device)  # noqa: E731
-        n_groups = len(cell.schema) if cell.schema is not None else 0
+            ide_digest = _file_digest(ide_entry(pipe.cache_root, pipe.keys.ide).path(MODEL))
+        targets = []
+        for (cell, *_), method in zip(cells, methods, strict=True):
+            store = None
+            if config.cache_codes:
+                key = codes_key(cell, pipe, seed, ide_digest if "features" in method.consumes else None)
+                store = DistractorCodes(pipe.cache_root, key, cell.bits // 8)
+            targets.append(Target(method, store))
+        n_groups = len(cells[0][0].schema) if cells[0][0].schema is not None else 0
         t0 = time.perf_counter()
         last = [t0]
 
         def progress(done: int, total: int) -> None:
             if config.progress and (time.perf_counter() - last[0] > 30 or done == total):
                 last[0] = time.perf_counter()
-                rate = done / (last[0] - t0)
+                rate = done / max(1e-9, last[0] - t0)
                 log.info(
-                    "distractor codes %d / %d (%.0f per s, %.0f s left)",
-                    done,
-                    total,
-                    rate,
-                    (total - done) / rate,
-                )
+                    "distractors %d / %d for %d cell(s) (%.0f per s, %.0f s left)",
+                    done, total, len(cells), rate, (total - done) / rate,
+                )  # fmt: skip
 
-        d = encode_distractors(method, train_maps, train_pids, sizes[-1], seed, embed, n_groups, progress)
-        encode_s = time.perf_counter() - t0
-        log.info(
-            "%d distractor codes in %.0f s (%.1f s per 1,000 inputs)",
-            sizes[-1],
-            encode_s,
-            1000 * encode_s / sizes[-1],
+        encoded = encode_distractors(
+            targets, train_maps, train_pids, sizes[-1], seed, embed, n_groups, progress
         )
-    else:
-        n_train = int(cell.row.get("n_train") or 0)
+        for (cell, *_), (_, seconds) in zip(cells, encoded, strict=True):
+            log.info(
+                "%s @ %d bits: %d distractor codes, %.0f s of encoding (%.2f ms each)",
+                cell.method, cell.bits, sizes[-1], seconds, 1000 * seconds / sizes[-1],
+            )  # fmt: skip
 
+    frames = []
+    for (cell, q, g, backends), (d, encode_s) in zip(cells, encoded, strict=True):
+        rows = _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train)
+        store_rows(out, rows)
+        frames.append(pd.DataFrame(rows, columns=list(SCALE_COLUMNS)))
+    plot_scale(out)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train) -> list[dict]:
+    """The rows of one cell: exact mAP / rank-1 of the grown gallery at every size, and a timed top-k
+    search per backend."""
     t0 = time.perf_counter()
     below = below_counts(distractor_histograms(q, d, sizes, cell.bits))
     evaluations = evaluate_with_distractors(
@@ -470,8 +644,10 @@ def run_scale(config: ScaleConfig) -> pd.DataFrame:
         cell.arrays["gallery_pids"],
         cell.arrays["gallery_camids"],
     )
-    log.info("mAP over the full rankings at %d sizes in %.0f s", len(sizes), time.perf_counter() - t0)
-
+    log.info(
+        "%s @ %d bits: mAP over the full rankings at %d sizes in %.0f s",
+        cell.method, cell.bits, len(sizes), time.perf_counter() - t0,
+    )  # fmt: skip
     commit, date, dev = git_commit(), now(), device_name(config.device)
     source = distractor_source(n_train, seed)
     rows = []
@@ -525,9 +701,7 @@ def run_scale(config: ScaleConfig) -> pd.DataFrame:
                 cell.method, cell.bits, size, 100 * evaluation.mAP, 100 * evaluation.rank(1), name,
                 index.build_s_, query_ms, recall,
             )  # fmt: skip
-    store_rows(out, rows)
-    plot_scale(out)
-    return pd.DataFrame(rows, columns=list(SCALE_COLUMNS))
+    return rows
 
 
 # -------------------------------------------------------------------------------------- store, plots

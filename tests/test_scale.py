@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from hashbench import scale
 from hashbench.cells import load_cell
 from hashbench.cli import main
 from hashbench.errors import HashbenchError
@@ -15,9 +16,12 @@ from hashbench.runner import run
 from hashbench.scale import (
     CHUNK,
     SCALE_COLUMNS,
+    DistractorCodes,
+    Target,
     below_counts,
     distractor_histograms,
     distractor_maps,
+    encode_distractors,
     evaluate_with_distractors,
     parse_distractors,
 )
@@ -115,6 +119,86 @@ def test_parse_distractors():
             parse_distractors(bad)
 
 
+class SignOf:
+    """A stand-in method: the signs of ``bits`` fixed projections of its input; counts its encodes and,
+    after ``fail_after`` calls, dies (a killed run)."""
+
+    name = "sign"
+
+    def __init__(self, consumes, bits, fail_after=None):
+        self.consumes, self.bits, self.fail_after, self.calls, self.rows = consumes, bits, fail_after, 0, 0
+
+    def encode(self, view):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        x = getattr(view, self.consumes[0]).astype(np.float32).reshape(len(view), -1)
+        self.rows += len(x)
+        w = np.random.default_rng(self.bits).standard_normal((x.shape[1], self.bits)).astype(np.float32)
+        return (x @ w > 0).astype(np.uint8)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of two chunks, so that a few thousand distractors span several cache files."""
+    monkeypatch.setattr(scale, "BLOCK", 2 * CHUNK)
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((40, 3, 4, 2)).astype(np.float16)
+    return maps, np.repeat(np.arange(20), 2)
+
+
+def test_one_pass_serves_every_cell_and_embeds_each_chunk_once(small_blocks):
+    maps, pids = small_blocks
+    embeds = []
+
+    def embed(m):
+        embeds.append(len(m))
+        return m.reshape(len(m), -1)[:, :16].astype(np.float32) * 2.0
+
+    count = 3 * CHUNK + 100
+    a, b, c = SignOf(("maps",), 16), SignOf(("features",), 8), SignOf(("features",), 24)
+    shared = encode_distractors([Target(a), Target(b), Target(c)], maps, pids, count, 5, embed)
+    assert sum(embeds) == count  # the features of each chunk computed once for both feature cells
+    for method, (codes, seconds) in zip((a, b, c), shared, strict=True):
+        alone = encode_distractors(
+            [Target(SignOf(method.consumes, method.bits))], maps, pids, count, 5, embed
+        )
+        np.testing.assert_array_equal(codes, alone[0][0])  # the same codes as a pass of its own
+        assert codes.shape == (count, method.bits // 8) and seconds > 0
+
+
+def test_distractor_codes_are_cached_and_a_killed_pass_resumes(small_blocks, tmp_path, caplog):
+    maps, pids = small_blocks
+    count = 5 * CHUNK + 7  # blocks of 2 chunks: 2 full blocks and a short one
+    want = encode_distractors([Target(SignOf(("maps",), 16))], maps, pids, count, 3, None)[0][0]
+
+    store = DistractorCodes(tmp_path, "k", 2)
+    with pytest.raises(KeyboardInterrupt):  # killed in its third chunk: the first block is kept
+        encode_distractors([Target(SignOf(("maps",), 16, fail_after=2), store)], maps, pids, count, 3, None)
+    assert store.rows(0) == 2 * CHUNK and store.rows(1) == 0
+    again = SignOf(("maps",), 16)
+    ((codes, seconds),) = encode_distractors([Target(again, store)], maps, pids, count, 3, None)
+    np.testing.assert_array_equal(codes, want)
+    assert again.rows == count - 2 * CHUNK and seconds > 0  # resumed after the kept block
+
+    # a smaller count reads a prefix; a larger one extends the short last block only
+    idle = SignOf(("maps",), 16)
+    ((codes, _),) = encode_distractors([Target(idle, store)], maps, pids, 3 * CHUNK, 3, None)
+    np.testing.assert_array_equal(codes, want[: 3 * CHUNK])
+    assert idle.rows == 0
+    more = SignOf(("maps",), 16)
+    ((codes, _),) = encode_distractors([Target(more, store)], maps, pids, 6 * CHUNK, 3, None)
+    assert more.rows == 6 * CHUNK - count
+    np.testing.assert_array_equal(codes[:count], want)
+
+    # a damaged block is reported and encoded again
+    (store.folder / "block-1.npy").write_bytes(b"not a numpy file")
+    redo = SignOf(("maps",), 16)
+    ((codes, _),) = encode_distractors([Target(redo, store)], maps, pids, count, 3, None)
+    np.testing.assert_array_equal(codes, want)
+    assert redo.rows == 2 * CHUNK and "cannot be read" in caplog.text
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 
@@ -153,6 +237,31 @@ def test_scale_end_to_end_writes_rows_and_plots(finished, capsys):
     assert len(rows) == 8 and [r["method"] for r in rows].count("lsh") == 2
 
 
+def test_scale_of_several_cells_in_one_pass_equals_their_own_runs(finished, capsys, tmp_path):
+    res = finished / "res"
+
+    def rows(out, *extra):
+        code, printed, err = cli(
+            capsys, "scale", res, "--distractors", "0,700", "--backend", "flat", "--out", out,
+            "--cache-dir", finished / "cache", "--no-progress", *extra,
+        )  # fmt: skip
+        assert code == 0, err
+        return {(r["method"], r["distractors"]): r for r in scale_rows(out)}, printed
+
+    both, printed = rows(tmp_path / "both", "--method", "lsh,dbh", "--bits", "32", "--no-cache-codes")
+    assert "| lsh " in printed and "| dbh " in printed
+    for method in ("lsh", "dbh"):
+        alone, _ = rows(tmp_path / method, "--method", method, "--bits", "32")
+        for size in ("0", "700"):
+            assert alone[method, size]["map"] == both[method, size]["map"]
+            assert alone[method, size]["rank1"] == both[method, size]["rank1"]
+        # a rerun reads the cached codes: nothing encoded, the recorded seconds reported again
+        again, _ = rows(tmp_path / f"{method}-again", "--method", method, "--bits", "32")
+        assert again[method, "700"]["map"] == alone[method, "700"]["map"]
+        assert again[method, "700"]["encode_s"] == alone[method, "700"]["encode_s"]
+    assert list((finished / "cache" / "distractors").glob("*/block-0.npy"))
+
+
 def test_scale_is_deterministic_for_a_seed(finished, capsys, tmp_path):
     res = finished / "res"
 
@@ -178,7 +287,8 @@ def test_bad_scale_input_is_one_line(finished, capsys, tmp_path):
         (["--distractors", "0", "--k", "100000"], "larger than the smallest gallery"),
         (["--k", "0"], "--k 0"),
         (["--backend", "annoy"], "--backend 'annoy': unknown; valid: flat"),
-        (["--bits", "32,64"], "one code length"),
+        (["--bits", "32,64"], "no cell lsh at 64 bits"),
+        (["--method", ","], "--method ','"),
     ):
         code, _, err = cli(capsys, *base, *args)
         assert code == 2 and expected in err, (args, err)

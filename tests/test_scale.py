@@ -235,6 +235,13 @@ def test_scale_end_to_end_writes_rows_and_plots(finished, capsys):
         assert code == 0, err
     rows = scale_rows(res)
     assert len(rows) == 8 and [r["method"] for r in rows].count("lsh") == 2
+    # the folded IDE embedding of the distractors: what it moves on the test gallery is in every row
+    lsh = [r for r in rows if r["method"] == "lsh"]
+    assert all(
+        "BatchNorm folded" in r["distractor_source"] and " % of code bits" in r["distractor_source"]
+        for r in lsh
+    )
+    assert not any("BatchNorm" in r["distractor_source"] for r in rows if r["method"] == "dbh")
 
 
 def test_scale_of_several_cells_in_one_pass_equals_their_own_runs(finished, capsys, tmp_path):

@@ -329,6 +329,8 @@ def cmd_scale(args) -> int:
     sizes = parse_distractors(args.distractors or DEFAULT_DISTRACTORS)
     if args.k < 1:
         raise HashbenchError(f"--k {args.k}: expected a positive number of neighbours")
+    if args.search_queries is not None and args.search_queries < 1:
+        raise HashbenchError(f"--search-queries {args.search_queries}: expected a positive number of queries")
     if args.data_root is not None and not Path(args.data_root).exists():
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
     if args.out:
@@ -354,6 +356,7 @@ def cmd_scale(args) -> int:
             device=args.device,
             progress=not args.no_progress,
             cache_codes=not args.no_cache_codes,
+            search_queries=args.search_queries,
         )
     )
     from tabulate import tabulate
@@ -592,6 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--k", type=int, default=100, help="neighbours per query of the timed search (default 100)"
     )
     s.add_argument("--seed", type=int, help="seed of the distractors (default: the cell's seed)")
+    s.add_argument(
+        "--search-queries",
+        type=int,
+        metavar="N",
+        help="queries of the timed top-k search, evenly spaced over the query set (default: all; mAP and "
+        "rank-1 always use every query; the rows' n_query says)",
+    )
     s.add_argument("--out", help="where scale.csv and the plots go (default: RESULTS)")
     s.add_argument("--data-root", help="dataset folder or zip (default: the run's recorded one)")
     s.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="(default: the run's)")

@@ -37,8 +37,15 @@ the exact mAP and CMC of the whole grown ranking without ever sorting it.
 :func:`hashbench.metrics.evaluate_rankings` on the explicitly concatenated gallery.)
 
 **Search cost**: for each size and backend, an index over gallery + distractors is built (``build_s``)
-and every test query searched for its ``k`` nearest (``query_ms`` per query, ``memory_bytes`` of the
-index); ``recall`` is the tie-aware recall against the first exact backend (1 for exact ones).
+and every test query (or ``search_queries`` of them, evenly spaced; ``n_query``) searched for its ``k``
+nearest (``query_ms`` per query, ``memory_bytes`` of the index); ``recall`` is the tie-aware recall
+against the first exact backend (1 for exact ones).
+
+**Several cells, one pass, codes kept.** The cells of one run (one trunk and IDE stage) share one pass
+over the distractors: each chunk of maps is generated once, and embedded once by the IDE model (with
+its BatchNorm folded, channels-last, as the deep methods encode; how many code bits that moves on the
+test gallery is measured and written in every row). Each cell's codes are cached in blocks
+(:class:`DistractorCodes`), so a killed run resumes at its last finished block.
 
 Rows go to ``scale.csv`` beside ``results.csv`` (one per cell, size and backend; a rerun replaces its
 rows), written atomically under the folder lock, then ``scale_map.png`` and ``scale_query_ms.png``.
@@ -467,6 +474,7 @@ class ScaleConfig:
     device: str = "cpu"
     progress: bool = True
     cache_codes: bool = True  # keep the distractor codes under the cache (resume, reuse)
+    search_queries: int | None = None  # queries of the timed top-k search (evenly spaced); None: all
 
 
 def check_sizes(sizes: Sequence[int], n_gallery: int, k: int) -> None:
@@ -678,6 +686,8 @@ def _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train,
     )  # fmt: skip
     commit, date, dev = git_commit(), now(), device_name(config.device)
     source = distractor_source(n_train, seed) + note
+    n = len(q) if config.search_queries is None else min(len(q), config.search_queries)
+    timed = q[np.unique(np.linspace(0, len(q) - 1, n).round().astype(int))]  # mAP: every query
     rows = []
     for size, evaluation in zip(sizes, evaluations, strict=True):
         gallery = np.concatenate([g, d[:size]]) if size else g
@@ -686,12 +696,12 @@ def _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train,
         for name in backends:
             index = make_index(name, cell.bits).build(gallery)
             t1 = time.perf_counter()
-            dist, _ = index.search(q, k)
-            query_ms = 1000 * (time.perf_counter() - t1) / max(1, len(q))
+            dist, _ = index.search(timed, k)
+            query_ms = 1000 * (time.perf_counter() - t1) / max(1, len(timed))
             if reference is None and index.exact:
                 reference = dist
             if reference is None:  # an approximate backend first: an exact reference for its recall
-                reference, _ = make_index("flat", cell.bits).build(gallery).search(q, k)
+                reference, _ = make_index("flat", cell.bits).build(gallery).search(timed, k)
             recall = recall_at_k(dist, reference)
             if index.exact and recall != 1.0:  # cannot happen: exact backends agree (tests/test_index.py)
                 log.warning(
@@ -713,7 +723,7 @@ def _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train,
                     "query_ms": query_ms,
                     "recall": recall,
                     "memory_bytes": index.memory_bytes(),
-                    "n_query": len(q),
+                    "n_query": len(timed),
                     "encode_s": encode_s,
                     "distractor_source": source,
                     "config_hash": cell.row.get("config_hash", ""),

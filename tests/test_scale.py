@@ -255,8 +255,11 @@ def test_scale_of_several_cells_in_one_pass_equals_their_own_runs(finished, caps
         assert code == 0, err
         return {(r["method"], r["distractors"]): r for r in scale_rows(out)}, printed
 
-    both, printed = rows(tmp_path / "both", "--method", "lsh,dbh", "--bits", "32", "--no-cache-codes")
+    both, printed = rows(
+        tmp_path / "both", "--method", "lsh,dbh", "--bits", "32", "--no-cache-codes", "--search-queries", "7"
+    )
     assert "| lsh " in printed and "| dbh " in printed
+    assert {r["n_query"] for r in both.values()} == {"7"}  # timed on 7 queries; mAP on all of them
     for method in ("lsh", "dbh"):
         alone, _ = rows(tmp_path / method, "--method", method, "--bits", "32")
         for size in ("0", "700"):
@@ -296,6 +299,7 @@ def test_bad_scale_input_is_one_line(finished, capsys, tmp_path):
         (["--backend", "annoy"], "--backend 'annoy': unknown; valid: flat"),
         (["--bits", "32,64"], "no cell lsh at 64 bits"),
         (["--method", ","], "--method ','"),
+        (["--search-queries", "0"], "--search-queries 0"),
     ):
         code, _, err = cli(capsys, *base, *args)
         assert code == 2 and expected in err, (args, err)

@@ -372,6 +372,7 @@ def cmd_scale(args) -> int:
         "build_s",
         "query_ms",
         "recall",
+        "identical",
         "memory_bytes",
     ]
     print(tabulate(frame[cols].values.tolist(), headers=cols, tablefmt="github", floatfmt=".3f"))

@@ -99,7 +99,7 @@ MIX_RANGE = (0.3, 0.7)
 NOISE = 0.1  # Gaussian noise, in units of each channel's standard deviation over the training maps
 SCALE_COLUMNS = (
     "dataset", "method", "bits", "distractors", "gallery_size", "map", "rank1", "backend", "exact", "k",
-    "build_s", "query_ms", "recall", "memory_bytes", "n_query", "encode_s", "distractor_source",
+    "build_s", "query_ms", "recall", "identical", "memory_bytes", "n_query", "encode_s", "distractor_source",
     "config_hash", "seed", "device", "version", "commit", "date",
 )  # fmt: skip
 SCALE_KEY = ("dataset", "method", "bits", "config_hash", "distractors", "backend", "seed")
@@ -696,16 +696,17 @@ def _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train,
         for name in backends:
             index = make_index(name, cell.bits).build(gallery)
             t1 = time.perf_counter()
-            dist, _ = index.search(timed, k)
+            dist, ids = index.search(timed, k)
             query_ms = 1000 * (time.perf_counter() - t1) / max(1, len(timed))
             if reference is None and index.exact:
-                reference = dist
+                reference = dist, ids
             if reference is None:  # an approximate backend first: an exact reference for its recall
-                reference, _ = make_index("flat", cell.bits).build(gallery).search(timed, k)
-            recall = recall_at_k(dist, reference)
-            if index.exact and recall != 1.0:  # cannot happen: exact backends agree (tests/test_index.py)
+                reference = make_index("flat", cell.bits).build(gallery).search(timed, k)
+            recall = recall_at_k(dist, reference[0])
+            identical = bool(np.array_equal(dist, reference[0]) and np.array_equal(ids, reference[1]))
+            if index.exact and not identical:  # cannot happen: exact backends agree (tests/test_index.py)
                 log.warning(
-                    "backend %s at %d codes: distances differ from %s", name, len(gallery), backends[0]
+                    "backend %s at %d codes: neighbours differ from %s", name, len(gallery), backends[0]
                 )
             rows.append(
                 {
@@ -722,6 +723,7 @@ def _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train,
                     "build_s": index.build_s_,
                     "query_ms": query_ms,
                     "recall": recall,
+                    "identical": identical,
                     "memory_bytes": index.memory_bytes(),
                     "n_query": len(timed),
                     "encode_s": encode_s,

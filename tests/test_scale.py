@@ -219,6 +219,7 @@ def test_scale_end_to_end_writes_rows_and_plots(finished, capsys):
     for r in rows:
         assert int(r["gallery_size"]) == n_gallery + int(r["distractors"])
         assert r["recall"] == "1.0000" and r["exact"] == "true" and r["k"] == "100"
+        assert r["identical"] == "true"  # the same ids and distances as the first exact backend
         assert r["config_hash"] == cell.row["config_hash"] and r["commit"] and r["date"]
         assert "mixup" in r["distractor_source"] and int(r["memory_bytes"]) >= 4 * int(r["gallery_size"])
     maps = [float(r["map"]) for r in rows if r["backend"] == "flat"]

@@ -622,10 +622,11 @@ def run_scale(config: ScaleConfig) -> pd.DataFrame:
                     view = View("gallery", arrays.pids, arrays.camids, features=gallery_features)
                     with torch.inference_mode():
                         mine = check_codes(method.encode(view), len(view), method.bits, method.name)
-                    differ = float(np.mean(mine != cell.codes("gallery")))
+                    differ = mine != cell.codes("gallery")
                     notes[k] = (
                         "; features by the IDE model with BatchNorm folded, channels-last: on the test "
-                        f"gallery {100 * differ:.4f} % of code bits differ from the cell's"
+                        f"gallery {int(differ.sum())} of {differ.size} code bits ({100 * differ.mean():.4f} %) "
+                        "differ from the cell's"
                     )
                     log.info("%s @ %d bits%s", cell.method, cell.bits, notes[k])
         targets = []

@@ -24,3 +24,24 @@ def test_every_committed_row_has_its_recorded_configuration():
             assert digest_of(record["config"]) == row["config_hash"]
             assert record["method"] == row["method"] and str(record["bits"] or "") == row["bits"]
             assert record["config"]["seed"] == int(row["seed"])
+
+
+def test_every_committed_scale_row_names_a_recorded_cell():
+    """A committed ``scale.csv`` sits beside the rows of the cells it grew (``cells.csv``: their
+    results.csv rows, named apart so that the leaderboard does not count them twice) and their
+    configurations; each scale row's mAP at 0 distractors is its cell's."""
+    import csv
+
+    for path in sorted(RESULTS.rglob("scale.csv")):
+        records = read_configs(path.parent)
+        with open(path.parent / "cells.csv", newline="") as f:
+            cells = {(r["method"], r["bits"], r["config_hash"]): r for r in csv.DictReader(f)}
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows, f"{path}: empty"
+        for row in rows:
+            cell = cells.get((row["method"], row["bits"], row["config_hash"]))
+            assert cell is not None, f"{path}: no cells.csv row for {row['method']} @ {row['bits']}"
+            assert row["config_hash"] in records and row["commit"] and row["seed"] == cell["seed"]
+            if row["distractors"] == "0":
+                assert abs(float(row["map"]) - float(cell["map"])) < 1e-3

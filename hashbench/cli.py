@@ -335,6 +335,12 @@ def cmd_scale(args) -> int:
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
     if args.out:
         check_writable_dir(args.out, "--out")
+    if args.engine not in ("torch", "onnxruntime"):
+        raise HashbenchError(f"--engine {args.engine!r}: expected torch or onnxruntime")
+    if args.engine != "torch":
+        from .engines import check_engine
+
+        check_engine(args.engine, args.device)
     if args.device != "cpu":
         from .features import resolve_device
 
@@ -357,6 +363,7 @@ def cmd_scale(args) -> int:
             progress=not args.no_progress,
             cache_codes=not args.no_cache_codes,
             search_queries=args.search_queries,
+            engine=args.engine,
         )
     )
     from tabulate import tabulate
@@ -610,6 +617,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
     s.add_argument("--device", default="cpu", help="auto, cpu or cuda (encoding the distractors)")
     s.add_argument("--no-progress", action="store_true", help="no progress lines")
+    s.add_argument(
+        "--engine",
+        default="torch",
+        help="what runs the networks (the IDE model, a deep method's) on the distractors: torch (default), "
+        "or onnxruntime (CPU, pip install -e .[engines]; about 4x faster; the codes it moves on the test "
+        "gallery are counted in every row)",
+    )
     s.add_argument(
         "--no-cache-codes",
         action="store_true",

@@ -114,3 +114,43 @@ def make_engine(name: str, trunk: nn.Module, input_size: tuple[int, int], device
         return np.asarray(compiled(x.contiguous().numpy())[0]).astype(np.float16)
 
     return run_ov
+
+
+def batch_runner(name: str, module: nn.Module, example: torch.Tensor) -> Callable[[np.ndarray], np.ndarray]:
+    """``module`` (eval mode, float32, CPU; one tensor in, one tensor out) run by ONNX Runtime on
+    batches of exactly ``len(example)`` rows: a function (N, ...) float array -> (N, ...) float32 array
+    that pads its last batch. A fixed batch, so that a module whose graph depends on the batch size
+    (strips stacked on the batch, say) is exported right. ``name``: ``onnxruntime`` (the one supported)."""
+    if name != "onnxruntime":
+        raise HashbenchError(f"--engine {name!r}: only onnxruntime runs these modules (or use torch)")
+    check_engine(name)
+    import onnxruntime as ort
+
+    module = module.eval().float().to("cpu")
+    example = example.float().contiguous()
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, example, buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    batch = len(example)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = None
+        for s in range(0, len(x), batch):
+            part = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
+            n = len(part)
+            if n < batch:
+                part = np.concatenate([part, np.zeros((batch - n, *part.shape[1:]), np.float32)])
+            y = session.run(None, {"x": part})[0][:n]
+            if out is None:
+                out = np.empty((len(x), *y.shape[1:]), dtype=np.float32)
+            out[s : s + n] = y
+        return out if out is not None else np.empty((0,), np.float32)
+
+    return run

@@ -475,6 +475,7 @@ class ScaleConfig:
     progress: bool = True
     cache_codes: bool = True  # keep the distractor codes under the cache (resume, reuse)
     search_queries: int | None = None  # queries of the timed top-k search (evenly spaced); None: all
+    engine: str = "torch"  # what runs the networks on the distractors: torch, or onnxruntime (CPU)
 
 
 def check_sizes(sizes: Sequence[int], n_gallery: int, k: int) -> None:
@@ -522,6 +523,75 @@ def folded_embedding(ide, device) -> Callable[[np.ndarray], np.ndarray]:
     return lambda maps: embed_maps(fast, maps, device)
 
 
+def _agreement(how: str, cell: Cell, method, view: View) -> str:
+    """The note of a cell whose distractor codes are made otherwise than its test codes were: how many
+    code bits that changes on the test gallery (logged, and written in every row)."""
+    with torch.inference_mode():
+        mine = check_codes(method.encode(view), len(view), cell.bits, cell.method)
+    differ = mine != cell.codes("gallery")
+    note = (
+        f"; {how}: on the test gallery {int(differ.sum())} of {differ.size} code bits "
+        f"({100 * differ.mean():.4f} %) differ from the cell's"
+    )
+    log.info("%s @ %d bits%s", cell.method, cell.bits, note)
+    return note
+
+
+class _Embed(torch.nn.Module):
+    def __init__(self, ide) -> None:
+        super().__init__()
+        self.ide = ide
+
+    def forward(self, x):
+        return self.ide.embed(x)
+
+
+class _Pre(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["pre"]
+
+
+def engine_embedding(ide, map_shape, engine: str, batch: int = 256) -> Callable[[np.ndarray], np.ndarray]:
+    """maps -> adapted features through the IDE model exported to ``engine`` (ONNX Runtime)."""
+    from .engines import batch_runner
+
+    return batch_runner(engine, _Embed(ide), torch.zeros(batch, *map_shape))
+
+
+class EngineEncoder:
+    """A deep method (the public base, its own ``encode`` and ``codes``: pre-activation > 0 on trunk
+    maps) whose network runs on an engine: the same codes up to float rounding (measured per run)."""
+
+    def __init__(self, method, run) -> None:
+        self.method, self.run = method, run
+        self.name, self.bits, self.consumes = method.name, method.bits, method.consumes
+
+    def encode(self, view: View) -> np.ndarray:
+        return (self.run(view.maps) > 0).astype(np.uint8)
+
+
+def engine_encoder(method, map_shape, engine: str, batch: int = 256) -> EngineEncoder | None:
+    """An :class:`EngineEncoder` of ``method`` when it encodes as the deep base does, else ``None``
+    (the method is then run as it is, by torch)."""
+    from .deep import DeepHashing, HashNet
+    from .engines import batch_runner
+
+    model = getattr(method, "model_", None)
+    if not (
+        isinstance(method, DeepHashing)
+        and type(method).encode is DeepHashing.encode
+        and isinstance(model, HashNet)
+        and type(model).codes is HashNet.codes
+        and getattr(method, "finetune", "top") != "full"
+    ):
+        return None
+    return EngineEncoder(method, batch_runner(engine, _Pre(model), torch.zeros(batch, *map_shape)))
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -530,7 +600,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def codes_key(cell: Cell, pipe, seed: int, ide_digest: str | None) -> str:
+def codes_key(cell: Cell, pipe, seed: int, ide_digest: str | None, engine: str = "torch") -> str:
     """What a cell's distractor codes depend on: its fitted method (the artifact's bytes), the trunk
     maps they start from, the IDE model that embeds them (for a method that consumes features), the
     recipe and the seed."""
@@ -542,6 +612,7 @@ def codes_key(cell: Cell, pipe, seed: int, ide_digest: str | None) -> str:
             "trunk": pipe.keys.trunk.spec(),
             "ide": ide_digest,
             "recipe": RECIPE,
+            "engine": engine,
             "chunk": CHUNK,
             "seed": seed,
             "n_train": len(pipe.inputs["maps"]["train"]),
@@ -610,30 +681,43 @@ def run_scale(config: ScaleConfig) -> pd.DataFrame:
         n_train = len(train_maps)
         methods = [c.fitted_method(pipe.context(), required=True, registry=pipe.registry) for c, *_ in cells]
         embed = ide_digest = None
+        gallery = pipe.splits.arrays["gallery"]
         if any("features" in m.consumes for m in methods):
             from .ide import MODEL, ide_entry
 
-            embed = folded_embedding(pipe.ide_model(), pipe.device)
+            ide = pipe.ide_model()
+            if config.engine == "torch":
+                embed, how = (
+                    folded_embedding(ide, pipe.device),
+                    "the IDE model with BatchNorm folded, channels-last",
+                )
+            else:
+                embed, how = (
+                    engine_embedding(ide, train_maps.shape[1:], config.engine),
+                    f"the IDE model on {config.engine}",
+                )
             ide_digest = _file_digest(ide_entry(pipe.cache_root, pipe.keys.ide).path(MODEL))
             gallery_features = embed(pipe.inputs["maps"]["gallery"])
-            arrays = pipe.splits.arrays["gallery"]
             for k, ((cell, *_), method) in enumerate(zip(cells, methods, strict=True)):
                 if "features" in method.consumes:
-                    view = View("gallery", arrays.pids, arrays.camids, features=gallery_features)
-                    with torch.inference_mode():
-                        mine = check_codes(method.encode(view), len(view), method.bits, method.name)
-                    differ = mine != cell.codes("gallery")
-                    notes[k] = (
-                        "; features by the IDE model with BatchNorm folded, channels-last: on the test "
-                        f"gallery {int(differ.sum())} of {differ.size} code bits ({100 * differ.mean():.4f} %) "
-                        "differ from the cell's"
+                    view = View("gallery", gallery.pids, gallery.camids, features=gallery_features)
+                    notes[k] = _agreement(f"features by {how}", cell, method, view)
+        if config.engine != "torch":
+            for k, ((cell, *_), method) in enumerate(zip(cells, methods, strict=True)):
+                runner = engine_encoder(method, train_maps.shape[1:], config.engine)
+                if runner is not None:
+                    methods[k] = runner
+                    view = View("gallery", gallery.pids, gallery.camids, maps=pipe.inputs["maps"]["gallery"])
+                    notes[k] = _agreement(
+                        f"codes by the method's network on {config.engine}", cell, runner, view
                     )
-                    log.info("%s @ %d bits%s", cell.method, cell.bits, notes[k])
         targets = []
         for (cell, *_), method in zip(cells, methods, strict=True):
             store = None
             if config.cache_codes:
-                key = codes_key(cell, pipe, seed, ide_digest if "features" in method.consumes else None)
+                key = codes_key(
+                    cell, pipe, seed, ide_digest if "features" in method.consumes else None, config.engine
+                )
                 store = DistractorCodes(pipe.cache_root, key, cell.bits // 8)
             targets.append(Target(method, store))
         n_groups = len(cells[0][0].schema) if cells[0][0].schema is not None else 0

@@ -272,6 +272,36 @@ def test_scale_of_several_cells_in_one_pass_equals_their_own_runs(finished, caps
     assert list((finished / "cache" / "distractors").glob("*/block-0.npy"))
 
 
+def test_scale_on_onnxruntime_counts_the_bits_it_moves(finished, capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    res = finished / "res"
+    code, _, err = cli(
+        capsys, "scale", res, "--method", "lsh,dbh", "--bits", "32", "--distractors", "0,600", "--backend",
+        "flat", "--engine", "onnxruntime", "--out", tmp_path, "--cache-dir", finished / "cache", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = {(r["method"], r["distractors"]): r for r in scale_rows(tmp_path)}
+    assert "the IDE model on onnxruntime" in rows["lsh", "600"]["distractor_source"]
+    assert "the method's network on onnxruntime" in rows["dbh", "600"]["distractor_source"]
+    for method in ("lsh", "dbh"):
+        note = rows[method, "600"]["distractor_source"]
+        moved, total = (
+            int(x) for x in note.split("on the test gallery ")[1].split(" code bits")[0].split(" of ")
+        )
+        assert total > 0 and moved <= total // 1000  # float rounding moves (almost) no bit
+    code, _, err = cli(
+        capsys, "scale", res, "--method", "dbh", "--bits", "32", "--distractors", "0,600", "--backend", "flat",
+        "--out", tmp_path / "torch", "--cache-dir", finished / "cache", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    torch_map = {r["distractors"]: float(r["map"]) for r in scale_rows(tmp_path / "torch")}
+    assert float(rows["dbh", "600"]["map"]) == pytest.approx(torch_map["600"], abs=0.5)
+    assert float(rows["dbh", "0"]["map"]) == torch_map["0"]  # no distractor: the cell's own codes
+    code, _, err = cli(capsys, "scale", res, "--method", "lsh", "--bits", "32", "--engine", "openvino")
+    assert code == 2 and "--engine" in err
+
+
 def test_scale_is_deterministic_for_a_seed(finished, capsys, tmp_path):
     res = finished / "res"
 

@@ -882,6 +882,8 @@ def read_scale(folder: Path) -> pd.DataFrame | None:
 def plot_scale(folder: Path) -> tuple[Path, Path] | None:
     """``scale_map.png`` (mAP against gallery size, one line per cell) and ``scale_query_ms.png``
     (ms per query of a top-k search against gallery size, one line per backend and cell), log x."""
+    from matplotlib.ticker import NullFormatter
+
     from .report import new_figure, save_figure
     from .report.figures import COLORS, MARKERS, legend
 
@@ -908,6 +910,7 @@ def plot_scale(folder: Path) -> tuple[Path, Path] | None:
             label=label[c],
         )
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("gallery size (test gallery + distractors)")
     ax.set_ylabel("mAP (%)")
     ax.set_title(f"{frame['dataset'].iloc[0]}: mAP as the gallery grows", fontsize=10)
@@ -920,8 +923,11 @@ def plot_scale(folder: Path) -> tuple[Path, Path] | None:
     series = list(
         dict.fromkeys(zip(frame["backend"], frame["method"], frame["bits"], frame["seed"], strict=True))
     )
-    for i, (backend, *c) in enumerate(series):
+    backends = list(dict.fromkeys(frame["backend"]))
+    styles = ("-", "--", ":", "-.")
+    for backend, *c in series:  # colour and marker: the cell; line style: the backend
         c = tuple(c)
+        i, j = cells.index(c), backends.index(backend)
         part = frame[
             (frame["backend"] == backend)
             & (frame["method"] == c[0])
@@ -932,10 +938,11 @@ def plot_scale(folder: Path) -> tuple[Path, Path] | None:
         approx = " (approx.)" if str(part["exact"].iloc[0]).lower() == "false" else ""
         ax.plot(
             part["gallery_size"], part["query_ms"], marker=MARKERS[i % len(MARKERS)], color=COLORS[i % len(COLORS)],
-            label=f"{backend}{approx}, {label[c]}",
+            linestyle=styles[j % len(styles)], label=f"{backend}{approx}, {label[c]}",
         )  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     k = int(frame["k"].max())
     ax.set_xlabel("gallery size (test gallery + distractors)")
     ax.set_ylabel(f"ms per query (top-{k})")

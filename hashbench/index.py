@@ -22,9 +22,9 @@ Backends (:data:`INDEXES`; ``hashbench scale --backend``):
                 prefix (measured identical to ``hamming_rank`` on 8/16/64-bit codes with thousands of
                 ties per distance, galleries over several scan blocks; faiss 1.15). It is the same kernel
                 as ``IndexBinaryFlat.search`` without that index's query batches of 32, and measured
-                0.45-0.61x its time at 128 bits and 0.95x at 2048 (README, "Large galleries").
-                ``IndexBinaryFlat``'s counting variant (``use_heap = False``) returns the same and was
-                measured 0.73-1.37x (128 bits) and 1.03x (2048) of its heap, ``knn_hamming(..., "mc")``
+                0.73-0.98x its time at 128 bits and 0.73x at 2048 on a quiet machine (README, "Large
+                galleries"). ``IndexBinaryFlat``'s counting variant (``use_heap = False``) returns the
+                same and was measured 1.55-1.80x (128 bits) and 0.83x (2048) of its heap, ``knn_hamming(..., "mc")``
                 1.5x slower than the heap; the counter also needs ``bits x k x 8`` bytes per query. Without faiss:
                 numpy XOR + popcount distances (:mod:`hashbench.search`) and a stable radix argsort.
 ``faiss-flat``  ``faiss.IndexBinaryFlat.search`` as it comes (heap), the reference the others are

@@ -229,7 +229,9 @@ class DistractorCodes:
         self.folder = Path(root) / "distractors" / key
         self.width = width
 
-    def _meta(self, b: int) -> dict | None:
+    def _open(self, b: int) -> tuple[dict, np.ndarray] | None:
+        """Block ``b``'s record and (memory-mapped) codes, checked against each other; ``None`` when it
+        is absent, or damaged (reported)."""
         path = self.folder / f"block-{b}.json"
         if not path.is_file():
             return None
@@ -246,17 +248,21 @@ class DistractorCodes:
                 "distractor codes %s block %d do not match their record: encoding it again", self.folder, b
             )
             return None
-        return meta
+        return meta, codes
 
     def rows(self, b: int) -> int:
-        meta = self._meta(b)
-        return int(meta["rows"]) if meta else 0
+        opened = self._open(b)
+        return int(opened[0]["rows"]) if opened else 0
 
     def read(self, b: int, rows: int) -> tuple[np.ndarray, float]:
-        """The first ``rows`` codes of block ``b`` and their share of its recorded seconds."""
-        meta = self._meta(b)
-        codes = np.load(self.folder / f"block-{b}.npy")
-        return codes[:rows], float(meta["seconds"]) * rows / max(1, int(meta["rows"]))
+        """At most the first ``rows`` codes of block ``b`` (none when it is absent or damaged) and their
+        share of its recorded seconds."""
+        opened = self._open(b)
+        if opened is None:
+            return np.empty((0, self.width), dtype=np.uint8), 0.0
+        meta, codes = opened
+        have = min(rows, len(codes))
+        return np.array(codes[:have]), float(meta["seconds"]) * have / max(1, len(codes))
 
     def write(self, b: int, codes: np.ndarray, seconds: float) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -307,13 +313,14 @@ def encode_distractors(
     std = None
     for b in range(-(-count // BLOCK)):
         lo, hi = b * BLOCK, min((b + 1) * BLOCK, count)
-        starts, spent = [], [0.0] * len(targets)
+        starts, spent, before = [], [0.0] * len(targets), [0.0] * len(targets)
         for i, t in enumerate(targets):
-            have = min(t.store.rows(b), hi - lo) if t.store is not None else 0
-            if have:
-                codes, cost = t.store.read(b, have)
+            have = 0
+            if t.store is not None:  # what the cache holds of this block: its codes and their seconds
+                codes, before[i] = t.store.read(b, hi - lo)
+                have = len(codes)
                 outs[i][lo : lo + have] = codes
-                seconds[i] += cost
+                seconds[i] += before[i]
             starts.append(lo + have)
         need = [i for i in range(len(targets)) if starts[i] < hi]
         if not need:
@@ -357,8 +364,7 @@ def encode_distractors(
             seconds[i] += spent[i]
             store = targets[i].store
             if store is not None:  # the whole block so far: what was read plus what was added
-                before = store.read(b, starts[i] - lo)[1] if starts[i] > lo else 0.0
-                store.write(b, outs[i][lo:hi], before + spent[i])
+                store.write(b, outs[i][lo:hi], before[i] + spent[i])
     return list(zip(outs, seconds, strict=True))
 
 

@@ -71,25 +71,7 @@ def make_engine(name: str, trunk: nn.Module, input_size: tuple[int, int], device
     example = torch.zeros(2, 3, *input_size)
     threads = torch.get_num_threads()
     if name == "onnxruntime":
-        import onnxruntime as ort
-
-        buf = io.BytesIO()
-        with warnings.catch_warnings():  # the TorchScript exporter warns that it is legacy
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                trunk.float().to("cpu"),
-                example,
-                buf,
-                dynamo=False,
-                input_names=["x"],
-                output_names=["y"],
-                dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-                opset_version=17,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+        session = _onnx_session(trunk, example, dynamic_batch=True)
 
         def run_ort(x: torch.Tensor) -> np.ndarray:
             return session.run(None, {"x": x.contiguous().numpy()})[0].astype(np.float16)
@@ -116,6 +98,32 @@ def make_engine(name: str, trunk: nn.Module, input_size: tuple[int, int], device
     return run_ov
 
 
+def _onnx_session(module: nn.Module, example: torch.Tensor, dynamic_batch: bool):
+    """``module`` (float32, CPU) exported to ONNX (TorchScript exporter, opset 17, input ``x``, output
+    ``y``; the batch axis dynamic or fixed at ``len(example)``) in an ONNX Runtime CPU session with as
+    many threads as torch."""
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():  # the TorchScript exporter warns that it is legacy
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.float().to("cpu"),
+            example,
+            buf,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes=axes,
+            opset_version=17,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
 def batch_runner(name: str, module: nn.Module, example: torch.Tensor) -> Callable[[np.ndarray], np.ndarray]:
     """``module`` (eval mode, float32, CPU; one tensor in, one tensor out) run by ONNX Runtime on
     batches of exactly ``len(example)`` rows: a function (N, ...) float array -> (N, ...) float32 array
@@ -124,20 +132,7 @@ def batch_runner(name: str, module: nn.Module, example: torch.Tensor) -> Callabl
     if name != "onnxruntime":
         raise HashbenchError(f"--engine {name!r}: only onnxruntime runs these modules (or use torch)")
     check_engine(name)
-    import onnxruntime as ort
-
-    module = module.eval().float().to("cpu")
-    example = example.float().contiguous()
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, example, buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    session = _onnx_session(module.eval(), example.float().contiguous(), dynamic_batch=False)
     batch = len(example)
 
     def run(x: np.ndarray) -> np.ndarray:

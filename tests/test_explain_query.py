@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from hashbench.cli import main
 from hashbench.explain import entropy, majority_value, mutual_information, write_explain
 from hashbench.query import run_query
 from hashbench.registry import Registry
 from hashbench.runner import run
 from hashbench.search import pack_codes
 
-from .tiny import OPTIONS, TINY, tiny_run_config
+from .tiny import OPTIONS, TINY, cli, tiny_run_config
 
 GROUPS = 12  # attribute groups of the synthetic schema
 
@@ -25,13 +24,6 @@ def finished(tmp_path_factory):
     config = tiny_run_config(tmp, bits=[16, 64], method_params={"itq": {"n_iter": 5}}, reference=False)
     run(config)
     return tmp
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    return code, captured.out, err[-1] if err else ""
 
 
 # ------------------------------------------------------------------------------------------ measures

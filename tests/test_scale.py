@@ -9,7 +9,6 @@ import pytest
 
 from hashbench import scale
 from hashbench.cells import load_cell
-from hashbench.cli import main
 from hashbench.errors import HashbenchError
 from hashbench.metrics import evaluate_rankings
 from hashbench.runner import run
@@ -27,7 +26,7 @@ from hashbench.scale import (
 )
 from hashbench.search import hamming_rank
 
-from .tiny import tiny_run_config
+from .tiny import cli, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +43,6 @@ def finished(tmp_path_factory):
     )
     run(config)
     return tmp
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    return code, captured.out, err[-1] if err else ""
 
 
 def scale_rows(folder):

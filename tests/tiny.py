@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+from hashbench.cli import main
 from hashbench.ide import IDEConfig
 from hashbench.pipeline import RunConfig
 
@@ -33,3 +34,11 @@ def csv_rows(folder) -> list[dict]:
     """The rows of ``folder/results.csv`` as written (text)."""
     with open(folder / "results.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def cli(capsys, *args):
+    """``hashbench ARGS`` in this process: (exit code, stdout, the last line of stderr)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    return code, captured.out, err[-1] if err else ""

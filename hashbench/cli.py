@@ -1,4 +1,4 @@
-"""Command line: ``hashbench list | run | report | leaderboard | explain | show | query | scale``.
+"""Command line: ``hashbench list | run | report | leaderboard | site | explain | show | query | scale``.
 
 Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
 status 2.
@@ -201,6 +201,16 @@ def cmd_leaderboard(args) -> int:
     if args.out:
         check_writable_file(args.out, "--out")
     print(f"written: {leaderboard.write(Path(args.root), Path(args.out) if args.out else None)}")
+    return 0
+
+
+def cmd_site(args) -> int:
+    from . import site
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise HashbenchError(f"--out {out}: exists and is not a directory")
+    print(f"written: {site.build_site(Path(args.root), out)}")
     return 0
 
 
@@ -544,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="page to write or check (default: ROOT/LEADERBOARD.md)")
     s.add_argument("--check", action="store_true", help="fail when the page differs from the CSVs (for CI)")
     s.set_defaults(func=cmd_leaderboard)
+
+    s = sub.add_parser("site", help="a static site (opens from file://) of every results folder under ROOT")
+    s.add_argument("root", nargs="?", default="results", help="folder to scan (default: results)")
+    s.add_argument("--out", default="site", help="folder to write the site into (default: site)")
+    s.set_defaults(func=cmd_site)
 
     s = sub.add_parser("explain", help="which bits carry which attributes; attribute prediction from codes")
     s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")

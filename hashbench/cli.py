@@ -1,4 +1,4 @@
-"""Command line: ``hashbench list | run | report | leaderboard | site | explain | show | query | scale``.
+"""Command line: ``hashbench list | run | report | leaderboard | site | serve | explain | show | query | scale``.
 
 Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
 status 2.
@@ -305,6 +305,42 @@ def cmd_query(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import SearchService, serve
+
+    bits = parse_bits(args.bits)
+    if len(bits) != 1:
+        raise HashbenchError(f"--bits {args.bits}: expected one code length")
+    if args.data_root is not None and not Path(args.data_root).exists():
+        raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
+    if not 0 < args.port < 65536:
+        raise HashbenchError(f"--port {args.port}: expected 1..65535")
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise HashbenchError(
+            "hashbench serve needs starlette and uvicorn: pip install -e '.[serve]'"
+        ) from None
+    if args.device != "cpu":
+        from .features import resolve_device
+
+        resolve_device(args.device)
+    service = SearchService(
+        dataset=args.dataset,
+        method=args.method,
+        bits=bits[0],
+        results_dir=args.results,
+        data_root=args.data_root,
+        dataset_options=parse_params(args.dataset_option, prefix_required=False),
+        weights=args.weights,
+        cache_dir=args.cache_dir,
+        device=args.device,
+    )
+    serve(service, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_show(args) -> int:
     import json
     import re
@@ -594,6 +630,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
     s.add_argument("--device", default="cpu", help="auto, cpu or cuda (for --image)")
     s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("serve", help="a local search page over one fitted cell (description, photo or both)")
+    add_dataset_arguments(
+        s,
+        "dataset folder or distribution zip (default: the run's recorded one)",
+        "dataset option (default: the run's recorded ones), repeatable",
+    )
+    s.add_argument("--method", required=True, help="the cell's method")
+    s.add_argument("--bits", required=True, help="the cell's code length")
+    s.add_argument("--results", help="results directory (default: results/<dataset>)")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--weights", help="backbone weights (default: the run's recorded ones)")
+    s.add_argument("--cache-dir", help="the run's feature cache (default: $HASHBENCH_CACHE or ~/.cache/...)")
+    s.add_argument("--device", default="cpu", help="auto, cpu or cuda (for photo queries)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser(
         "scale",

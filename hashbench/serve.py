@@ -429,10 +429,12 @@ $("form").addEventListener("submit", async ev => {
   for (const h of out.hits) {
     const info = el("div", {}, el("b", { text: `#${h.rank}` }), ` id ${h.pid} cam ${h.camid}`);
     if (h.hamming !== null) info.append(el("div", { text: `hamming ${h.hamming}` }));
-    if (h.description !== null) info.append(el("div", { text: `description score ${h.description.toFixed(2)}` }));
+    if (h.description !== null) info.append(el("div", { text: `description score ${h.description.toPrecision(3)}` }));
     for (const a of h.attributes.filter(a => "asked" in a)) info.append(el("div", { class: a.match ? "ok" : "bad",
       text: `${a.match ? "\\u2713" : "\\u2717"} ${a.name}: ${a.decoded}` + (a.segment ? ` [bits ${a.segment[0]}-${a.segment[1] - 1}]` : "") + (a.true ? ` (true ${a.true})` : "") }));
-    $("hits").append(el("div", { class: "tile hit " + (h.frame || ""), "data-frame": h.frame || "" },
+    const decoded = h.attributes.map(a => `${a.true === null ? "?" : a.decoded === a.true ? "\u2713" : "\u2717"} ${a.name}: ${a.decoded}` +
+      (a.true !== null && a.decoded !== a.true ? ` (true ${a.true})` : "") + (a.segment ? ` [bits ${a.segment[0]}-${a.segment[1] - 1}]` : "")).join("\\n");
+    $("hits").append(el("div", { class: "tile hit " + (h.frame || ""), "data-frame": h.frame || "", title: "decoded from the code:\\n" + decoded },
       el("img", { src: "image/" + h.source, alt: h.source, title: h.source }), info));
   }
 });

@@ -207,6 +207,8 @@ def test_the_page_in_a_browser(service, live):
                 "return [...document.querySelectorAll('.tile.hit img')].every(i => i.complete && i.naturalWidth > 0)"
             )
         )
+        title = driver.find_element("css selector", ".tile.hit").get_attribute("title")
+        assert all(name in title for name in service.schema.names)  # every decoded attribute, on hover
         # a query image: framed hits, the query beside them
         Select(driver.find_element("css selector", f'[data-group="{group.name}"]')).select_by_value("")
         driver.find_element("id", "query").send_keys("3")

@@ -290,11 +290,12 @@ def encode_distractors(
     seed: int,
     embed: Callable[[np.ndarray], np.ndarray] | None,
     n_groups: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, bool], None] | None = None,
 ) -> list[tuple[np.ndarray, float]]:
     """For each target, the (count, bits // 8) packed codes of the first ``count`` distractors through
-    its method's ``encode``, and the seconds they cost. The maps of each chunk are generated once, and
-    embedded once (``embed``: maps -> adapted features) for every target that consumes ``features``,
+    its method's ``encode``, and the seconds they cost (``progress(done, count, cached)`` after each
+    chunk made or block read). The maps of each chunk are generated once, and embedded once (``embed``:
+    maps -> adapted features) for every target that consumes ``features``,
     whatever the number of targets; each target's seconds count the generation and embedding in full
     (what the cell would cost alone), plus its own encoding; codes read from a target's cache count the
     seconds recorded when they were made."""
@@ -325,7 +326,7 @@ def encode_distractors(
         need = [i for i in range(len(targets)) if starts[i] < hi]
         if not need:
             if progress is not None:
-                progress(hi, count)
+                progress(hi, count, True)
             continue
         std = channel_std(train_maps) if std is None else std
         for s in range(min(starts[i] for i in need), hi, CHUNK):
@@ -359,7 +360,7 @@ def encode_distractors(
                     time.perf_counter() - t0 + shared + (embed_s if "features" in method.consumes else 0.0)
                 )
             if progress is not None:
-                progress(e, count)
+                progress(e, count, False)
         for i in need:
             seconds[i] += spent[i]
             store = targets[i].store
@@ -728,16 +729,19 @@ def run_scale(config: ScaleConfig) -> pd.DataFrame:
             targets.append(Target(method, store))
         n_groups = len(cells[0][0].schema) if cells[0][0].schema is not None else 0
         t0 = time.perf_counter()
-        last = [t0]
+        last, base = [t0], [0, t0]  # the rate counts only what this run made, not what it read
 
-        def progress(done: int, total: int) -> None:
-            if config.progress and (time.perf_counter() - last[0] > 30 or done == total):
-                last[0] = time.perf_counter()
-                rate = done / max(1e-9, last[0] - t0)
-                log.info(
-                    "distractors %d / %d for %d cell(s) (%.0f per s, %.0f s left)",
-                    done, total, len(cells), rate, (total - done) / rate,
-                )  # fmt: skip
+        def progress(done: int, total: int, cached: bool) -> None:
+            now = time.perf_counter()
+            if cached:
+                base[:] = [done, now]
+            if config.progress and (now - last[0] > 30 or done == total):
+                last[0] = now
+                rate = (done - base[0]) / max(1e-9, now - base[1])
+                how = "read from the cache" if cached else f"{rate:.0f} per s"
+                if not cached and done < total:
+                    how += f", {(total - done) / rate:.0f} s left"
+                log.info("distractors %d / %d for %d cell(s) (%s)", done, total, len(cells), how)
 
         encoded = encode_distractors(
             targets, train_maps, train_pids, sizes[-1], seed, embed, n_groups, progress

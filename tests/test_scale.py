@@ -168,10 +168,15 @@ def test_distractor_codes_are_cached_and_a_killed_pass_resumes(small_blocks, tmp
     with pytest.raises(KeyboardInterrupt):  # killed in its third chunk: the first block is kept
         encode_distractors([Target(SignOf(("maps",), 16, fail_after=2), store)], maps, pids, count, 3, None)
     assert store.rows(0) == 2 * CHUNK and store.rows(1) == 0
-    again = SignOf(("maps",), 16)
-    ((codes, seconds),) = encode_distractors([Target(again, store)], maps, pids, count, 3, None)
+    again, calls = SignOf(("maps",), 16), []
+    ((codes, seconds),) = encode_distractors(
+        [Target(again, store)], maps, pids, count, 3, None, progress=lambda *a: calls.append(a)
+    )
     np.testing.assert_array_equal(codes, want)
     assert again.rows == count - 2 * CHUNK and seconds > 0  # resumed after the kept block
+    # progress tells what was read from what was made (so that a resumed run's rate is its own)
+    assert calls == [(2 * CHUNK, count, True), (3 * CHUNK, count, False), (4 * CHUNK, count, False),
+                     (5 * CHUNK, count, False), (count, count, False)]  # fmt: skip
 
     # a smaller count reads a prefix; a larger one extends the short last block only
     idle = SignOf(("maps",), 16)

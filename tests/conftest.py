@@ -65,3 +65,13 @@ def synthetic_bench(tmp_path_factory) -> SyntheticBench:
         cache_dir=tmp_path_factory.mktemp("synthetic-cache"),
     )
     return SyntheticBench(Pipeline.setup(config).load({"features", "maps", "attributes"}))
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory) -> Path:
+    """Where the browser tests write their screenshots: ``$HASHBENCH_SCREENSHOTS`` (CI keeps
+    .ci/artifacts/screenshots), else a temporary folder."""
+    folder = os.environ.get("HASHBENCH_SCREENSHOTS")
+    out = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

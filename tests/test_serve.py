@@ -178,8 +178,8 @@ def live(service):
     thread.join(5)
 
 
-def test_the_page_in_a_browser(service, live):
-    from .test_site import _driver, _errors
+def test_the_page_in_a_browser(service, live, shots):
+    from .test_site import _driver, _errors, screenshot
 
     driver = _driver()
     driver.execute_cdp_cmd(  # the page talks to 127.0.0.1 only; switch the emulated offline mode off
@@ -221,6 +221,7 @@ def test_the_page_in_a_browser(service, live):
         )
         assert len(frames) == 10 and set(frames) <= {"match", "wrong", "junk"}
         assert driver.find_elements("css selector", ".query-tile img")
+        screenshot(driver, shots / "serve-query.png")  # the synthetic set's images, never committed
         # bad input: the message on the page, then a good query still works
         top = driver.find_element("id", "top")
         top.clear()

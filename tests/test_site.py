@@ -114,6 +114,15 @@ def browser():
     driver.quit()
 
 
+def screenshot(driver, path: Path, width: int = 1400) -> Path:
+    """The whole page (the window grown to its height), as a PNG at ``path``."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(int(height) + 140, 12000))
+    driver.save_screenshot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    return path
+
+
 def _errors(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
 
@@ -125,7 +134,7 @@ def _board_values(driver, column: int) -> list[str]:
     )
 
 
-def test_leaderboard_in_a_browser_offline(site, browser):
+def test_leaderboard_in_a_browser_offline(site, browser, shots):
     browser.get((site / "index.html").as_uri())
     heads = browser.execute_script(
         "return [...document.querySelectorAll('table.board th')].map(t => t.textContent)"
@@ -154,9 +163,11 @@ def test_leaderboard_in_a_browser_offline(site, browser):
     assert values == sorted(values)
     assert browser.execute_script("return document.querySelectorAll('td.best').length") == len(bits)
     assert _errors(browser) == []
+    th.click()  # back to descending, as the README's screenshot shows it
+    screenshot(browser, shots / "site-index.png")
 
 
-def test_dataset_page_charts_render_offline(site, browser):
+def test_dataset_page_charts_render_offline(site, browser, shots):
     browser.get((site / "market1501.html").as_uri())
     for plot in ("plot-map", "plot-cmc", "plot-cost"):
         marks = browser.execute_script(
@@ -174,3 +185,4 @@ def test_dataset_page_charts_render_offline(site, browser):
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not [u for u in urls if not u.startswith("file://")]
     assert _errors(browser) == []
+    screenshot(browser, shots / "site-market1501.png")

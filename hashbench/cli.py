@@ -115,6 +115,11 @@ def run_config_of_args(args):
         raise HashbenchError(f"--data-root {args.data_root}: no such file or directory")
     if args.holdout < 0:
         raise HashbenchError(f"--holdout {args.holdout}: expected a number of training identities (0: off)")
+    if args.holdout_distractors < 0 or (args.holdout_distractors and not args.holdout):
+        raise HashbenchError(
+            f"--holdout-distractors {args.holdout_distractors}: expected a number of training identities, "
+            "with --holdout N"
+        )
     return RunConfig(
         dataset=args.dataset,
         data_root=args.data_root,
@@ -138,6 +143,7 @@ def run_config_of_args(args):
         ray_address=args.ray_address,
         ray_cpus_per_cell=args.ray_cpus_per_cell,
         holdout=args.holdout,
+        holdout_distractors=args.holdout_distractors,
         reference=not args.no_reference,
         attribute_queries=not args.no_attribute_queries,
         decoders=parse_decoders(args.decoders),
@@ -507,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="validation run for tuning: hold out N training identities as query/gallery (Market-style) "
         "and train on the rest; the test split is not read (default out: results/<dataset>/validation)",
+    )
+    s.add_argument(
+        "--holdout-distractors",
+        type=int,
+        default=0,
+        metavar="D",
+        help="with --holdout: D more training identities whose images join the held-out gallery only "
+        "(distractors, as the test gallery has; not trained on either)",
     )
     s.add_argument(
         "--no-reference", action="store_true", help="skip the ide-float reference row (and its IDE stage)"

@@ -233,15 +233,20 @@ class Splits:
         self.arrays = {k: SplitArrays.of(v) for k, v in self.records.items()}
 
 
-def holdout_splits(train: Sequence[Record], n_ids: int, seed: int) -> tuple[Splits, dict[str, np.ndarray]]:
+def holdout_splits(
+    train: Sequence[Record], n_ids: int, seed: int, n_distractor_ids: int = 0
+) -> tuple[Splits, dict[str, np.ndarray]]:
     """A validation protocol inside the training split, for tuning without looking at the test split.
 
     ``n_ids`` training identities (drawn with ``seed``; junk and distractor ids excluded) are held out;
     the others stay for training. Among the held-out ones, Market-style: for every (identity, camera) one
     image (drawn with ``seed``) is a query, the rest of their images form the gallery, so a query's
-    valid matches are the identity's images from the other cameras. Returns the new splits and, per
-    split, the row indices of its records in ``train`` (to reuse features computed for the training
-    split).
+    valid matches are the identity's images from the other cameras. ``n_distractor_ids`` further
+    identities (drawn after them, from their own stream: the held-out ids and queries do not change)
+    put all their images in the gallery and none in the query: people no query is looking for, as the
+    test gallery's distractors are (they keep their ids, so they are never a match and never junk), and
+    they are not trained on either. Returns the new splits and, per split, the row indices of its
+    records in ``train`` (to reuse features computed for the training split).
     """
     arrays = SplitArrays.of(train)
     ids = np.unique(arrays.pids[arrays.pids > 0])
@@ -249,14 +254,24 @@ def holdout_splits(train: Sequence[Record], n_ids: int, seed: int) -> tuple[Spli
         raise HashbenchError(
             f"--holdout {n_ids}: expected 2 .. {len(ids) - 1} of the {len(ids)} training ids"
         )
+    if not 0 <= n_distractor_ids <= len(ids) - n_ids - 1:
+        raise HashbenchError(
+            f"--holdout-distractors {n_distractor_ids}: expected 0 .. {len(ids) - n_ids - 1} (the "
+            f"{len(ids)} training ids less the {n_ids} held out and at least one to train on)"
+        )
     rng = np.random.default_rng([seed, 0x401D])
-    held = np.isin(arrays.pids, rng.choice(ids, n_ids, replace=False))
-    fit = np.flatnonzero(~held)
+    chosen = rng.choice(ids, n_ids, replace=False)
+    held = np.isin(arrays.pids, chosen)
+    others = np.random.default_rng([seed, 0x401D, 1]).choice(
+        np.setdiff1d(ids, chosen), n_distractor_ids, replace=False
+    )
+    extra = np.isin(arrays.pids, others)
+    fit = np.flatnonzero(~held & ~extra)
     query = []
     for key in np.unique(np.stack([arrays.pids[held], arrays.camids[held]], 1), axis=0):
         rows = np.flatnonzero(held & (arrays.pids == key[0]) & (arrays.camids == key[1]))
         query.append(rng.choice(rows))
     query = np.sort(np.asarray(query, dtype=np.int64))
-    gallery = np.setdiff1d(np.flatnonzero(held), query)
+    gallery = np.setdiff1d(np.flatnonzero(held | extra), query)
     index = {"train": fit, "query": query, "gallery": gallery}
     return Splits({k: [train[i] for i in v] for k, v in index.items()}), index

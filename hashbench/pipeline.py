@@ -75,6 +75,7 @@ class RunConfig:
     progress: bool = True
     finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
+    holdout_distractors: int = 0  # validation run: that many more training ids in its gallery only
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
     decoders: Sequence[str] = ("naive-bayes", "logistic")  # generic attribute decoders (hashbench.decoders)
     decoder_params: dict[str, dict] = field(default_factory=dict)  # decoder name -> hyperparameters
@@ -160,9 +161,11 @@ class Pipeline:
         self.source_index: dict[str, np.ndarray] | None = None
         self.name = dataset.name  # the dataset column of the rows
         if config.holdout:  # validation: query/gallery from held-out training ids; the test split is unused
-            splits, self.source_index = holdout_splits(splits.records["train"], config.holdout, config.seed)
+            splits, self.source_index = holdout_splits(
+                splits.records["train"], config.holdout, config.seed, config.holdout_distractors
+            )
             self.source_records = {"train": self.source_records["train"]}
-            self.name = f"{dataset.name}-holdout{config.holdout}"
+            self.name = holdout_name(dataset.name, config.holdout, config.holdout_distractors)
         self.splits = splits
         self.attributes: AttributeTable | None = dataset.attributes()
         if self.attributes is not None:  # another dataset's file: an error before any image is read
@@ -186,6 +189,8 @@ class Pipeline:
 
         trunk = trunk_key(dataset, backbone, self.cut, self.input_size, config.engine)
         holdout = {"ids": config.holdout, "seed": config.seed} if config.holdout else None
+        if holdout and config.holdout_distractors:  # (absent when 0: earlier runs keep their keys)
+            holdout["distractor_ids"] = config.holdout_distractors
         ide_input = holdout_key(trunk.digest(), holdout) if holdout else trunk.digest()
         self.keys = Keys(trunk, ide_input, ide_key(ide_input, config.ide_spec(), backbone.name, self.cut))
         self.base_config = {
@@ -400,6 +405,12 @@ class TensorImages:
         return TensorImages(self.x[list(index)])
 
 
+def holdout_name(dataset: str, ids: int, distractor_ids: int = 0) -> str:
+    """The dataset column of a validation run's rows: ``market1501-holdout151``, and with distractor
+    identities in its gallery ``market1501-holdout151+d100``."""
+    return f"{dataset}-holdout{ids}" + (f"+d{distractor_ids}" if distractor_ids else "")
+
+
 def run_config_of(record: dict, **overrides) -> RunConfig:
     """The :class:`RunConfig` that reproduces a recorded cell's pipeline (its dataset, options, backbone,
     cut, input size, IDE settings, seed, hold-out); ``overrides`` supply what a record cannot hold
@@ -420,6 +431,7 @@ def run_config_of(record: dict, **overrides) -> RunConfig:
         "ide": IDEConfig(**ide),
         "seed": int(cfg["seed"]),
         "holdout": int(holdout.get("ids", 0)),
+        "holdout_distractors": int(holdout.get("distractor_ids", 0)),
         "engine": cfg.get("engine", "torch"),
         "progress": False,
     }

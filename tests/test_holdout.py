@@ -46,6 +46,27 @@ def test_holdout_splits_protocol():
             holdout_splits(train, bad, seed=0)
 
 
+def test_holdout_distractor_ids_join_the_gallery_only():
+    train = _records()
+    plain, _ = holdout_splits(train, 3, seed=0)
+    splits, index = holdout_splits(train, 3, seed=0, n_distractor_ids=2)
+    arrays = {k: SplitArrays.of(v) for k, v in splits.records.items()}
+    held = set(arrays["query"].pids)
+    extra = set(arrays["gallery"].pids) - held
+    assert len(extra) == 2 and not extra & set(arrays["train"].pids) and not extra & {0, -1}
+    # the held-out ids and their queries are those of the plain split; the distractors add every image
+    # of theirs to the gallery, and none is trained on
+    assert splits.records["query"] == plain.records["query"]
+    assert [r for r in splits.records["gallery"] if r.pid in held] == plain.records["gallery"]
+    assert np.sum(np.isin(arrays["gallery"].pids, list(extra))) == 2 * 3 * 4
+    assert len(arrays["train"].pids) == len(SplitArrays.of(plain.records["train"]).pids) - 2 * 3 * 4
+    everything = np.concatenate(list(index.values()))
+    assert len(everything) == len(set(everything)) == len(train)
+    for bad in (-1, 5):  # 8 ids: 3 held out, at most 4 more, one left to train on
+        with pytest.raises(HashbenchError, match="--holdout-distractors"):
+            holdout_splits(train, 3, seed=0, n_distractor_ids=bad)
+
+
 @pytest.fixture(scope="module")
 def validation_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "synthetic" / "validation"
@@ -93,3 +114,34 @@ def test_leaderboard_ignores_validation_runs(tmp_path, validation_run):
 def test_cli_holdout_errors(capsys):
     assert main(["run", "--holdout", "-1"]) == 2
     assert "--holdout -1" in capsys.readouterr().err
+    assert main(["run", "--holdout-distractors", "5"]) == 2  # without --holdout
+    assert "--holdout-distractors 5" in capsys.readouterr().err
+
+
+def test_validation_run_with_distractor_ids(tmp_path):
+    config = RunConfig(
+        dataset_options={"n_train_ids": 24, "n_test_ids": 6},
+        methods=["lsh"],
+        bits=[32],
+        holdout=8,
+        holdout_distractors=4,
+        device="cpu",
+        progress=False,
+        reference=False,
+        out=tmp_path / "validation",
+        cache_dir=tmp_path / "cache",
+    )
+    (lsh,) = run(config)
+    assert lsh.dataset == "synthetic-holdout8+d4"
+    from hashbench.registry import Registry
+
+    train = Registry.load().dataset("synthetic")(None, **config.dataset_options).splits()["train"]
+    assert lsh.n_train + lsh.n_query + lsh.n_gallery == len(train)
+    # the recorded configuration rebuilds the same validation run
+    from hashbench.configs import read_configs
+    from hashbench.pipeline import run_config_of
+
+    record = read_configs(config.out)[lsh.config_hash]
+    assert record["config"]["holdout"] == {"ids": 8, "seed": 0, "distractor_ids": 4}
+    again = run_config_of(record)
+    assert (again.holdout, again.holdout_distractors) == (8, 4)

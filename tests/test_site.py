@@ -93,7 +93,10 @@ def _driver():
     options = webdriver.ChromeOptions()
     options.binary_location = chrome
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--allow-file-access-from-files", "--window-size=1400,1000"):  # fmt: skip
+                "--allow-file-access-from-files", "--window-size=1400,1000", "--no-first-run",
+                # no calls home: this machine's network is closed, and the tests want none
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-quic"):  # fmt: skip
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     from selenium.webdriver.chrome.service import Service

@@ -297,6 +297,7 @@ def cmd_query(args) -> int:
         attributes=args.attributes,
         image=args.image,
         alpha=args.alpha,
+        decoder=args.decoder,
         top=args.top,
         results_dir=args.results,
         out=args.out,
@@ -635,7 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attributes", help='description, e.g. "gender=female,upper_color=red,backpack=yes"')
     s.add_argument("--image", help="a pedestrian photo to search by (with --attributes: both)")
     s.add_argument(
-        "--alpha", type=float, default=1.0, help="photo + description: weight of the description (default 1)"
+        "--decoder",
+        default="naive-bayes",
+        help="what scores the description: naive-bayes (default), logistic, or the method's own "
+        "(e.g. deepssh-readout)",
+    )
+    s.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="photo + description: weight of the description (default: the held-out choice of "
+        "`hashbench pick-alpha` in RESULTS/validation, else 1, said so)",
     )
     s.add_argument("--top", type=int, default=10, help="number of hits (default 10)")
     s.add_argument("--results", help="results directory (default: results/<dataset>)")

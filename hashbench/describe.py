@@ -91,8 +91,8 @@ def describe_cell(
                 seed=seed,
             )
             pd_rows += [{**common, **r, **prov, "date": date} for r in pdf.to_dict("records")]
-            best = pdf[pdf["description"] == "full"]["map"].max()
-            msg = f"; photo + full description (best alpha on these rows, not a result) mAP {best:.1f}"
+            photo = pdf[pdf["description"] == "none"]["map"].iloc[0]
+            msg = f"; photo + description rows for {pdf['alpha'].nunique()} alphas (photo alone mAP {photo:.1f})"
         first, last = df.iloc[0], df.iloc[-1]
         log.info(
             "%s: decoder %s fitted in %.1f s, queries %.1f s: rank-1 %.1f with %d attribute(s), %.1f with %d%s",

@@ -2,14 +2,18 @@
 
 A query is a description (``gender=female,upper_color=red``), a pedestrian photo, or both:
 
-* **description**: an :class:`~hashbench.semantic.AttributeDecoder` fitted on the cell's training codes
-  and identity attributes turns the description into expected bit values and weights, and the gallery
-  is ranked by :func:`~hashbench.semantic.rank_by_description`;
+* **description**: a decoder (``--decoder``: ``naive-bayes``, ``logistic`` or the method's own, e.g.
+  ``deepssh-readout``; :mod:`hashbench.decoders`) fitted on the cell's training codes and identity
+  attributes scores every gallery code, and the gallery is ranked by the description's cost
+  (:meth:`~hashbench.decoders.Decoder.description_cost`, lower first: the ranking of
+  ``attribute_queries.csv``);
 * **photo**: the image goes through the run's own pipeline (resize and normalise as the feature cache
   does, the backbone trunk at the run's cut, the cached IDE model when the method consumes features,
   then the fitted method's ``encode``) and the gallery is ranked by Hamming distance (ties: gallery
   order, as in the benchmark);
-* **both**: :func:`~hashbench.semantic.combined_distance` with weight ``alpha``.
+* **both**: ``hamming / bits + alpha * cost``, the ranking of ``photo_description.csv``; ``alpha``
+  defaults to the one ``hashbench pick-alpha`` chose on held-out identities for this cell and decoder
+  (``RESULTS/validation/photo_description_alpha.csv``), else 1 with a note that it was not chosen.
 
 The pipeline is rebuilt from the cell's recorded configuration (``configs.jsonl``, see
 :mod:`hashbench.configs`): the same dataset options, backbone, cut, input size and IDE stage (read from
@@ -109,6 +113,7 @@ class QueryResult:
             if self.query
             else ""
         )
+        legend += "".join(f"\n{note}" for note in self.notes)
         return (
             head + "\n\n" + tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True) + legend
         )
@@ -189,13 +194,47 @@ def encode_image(pipe: Pipeline, cell: Cell, path: Path) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- query
 
 
+def query_decoder(cell: Cell, pipe, name: str):
+    """The decoder ``name`` fitted on the cell's training codes: a generic one (``naive-bayes``,
+    ``logistic``, a registered plugin) or the cell's method's own; otherwise one line naming the valid
+    ones."""
+    from .decoders import make_decoders
+
+    own = cell.fitted_method(pipe.context(), registry=pipe.registry)
+    mine = own.decoder(cell.schema) if own is not None else None
+    if mine is not None and name == mine.name:
+        chosen = mine
+    else:
+        try:
+            (chosen,) = make_decoders([name], cell.schema, registry=pipe.registry)
+        except HashbenchError:
+            valid = list(pipe.registry.decoders) + ([mine.name] if mine is not None else [])
+            raise HashbenchError(
+                f"--decoder {name}: unknown for {cell.method}; valid: {', '.join(valid)}"
+            ) from None
+    return chosen.fit(cell.codes("train"), cell.attributes("train"))
+
+
+def validated_alpha(results_dir: Path, cell: Cell, decoder: str) -> tuple[float, str]:
+    """The photo + description weight ``hashbench pick-alpha`` recorded for this cell's method, length
+    and decoder (full description) in ``results_dir/validation``, and where it came from; 1 when none
+    is recorded (said so: not a validated choice)."""
+    from .report.photo_description import ALPHA_NAME, read_alpha_choice
+
+    path = Path(results_dir) / "validation" / ALPHA_NAME
+    choice = read_alpha_choice(path).get((cell.method, int(cell.bits), decoder, "full"))
+    if choice is None:
+        return 1.0, f"no held-out choice in {path}: the default, not a validated one; see pick-alpha"
+    return choice, f"chosen on held-out identities, {path}"
+
+
 def run_query(
     dataset: str,
     method: str,
     bits: int,
     attributes: str | None = None,
     image: str | Path | None = None,
-    alpha: float = 1.0,
+    alpha: float | None = None,
     top: int = 10,
     results_dir: str | Path | None = None,
     out: str | Path | None = None,
@@ -204,10 +243,13 @@ def run_query(
     weights: str | None = None,
     cache_dir: str | Path | None = None,
     device: str = "cpu",
+    decoder: str = "naive-bayes",
 ) -> QueryResult:
     """Rank the cell's gallery by a description and/or a photo; write the contact sheet to ``out``."""
     if not attributes and image is None:
         raise HashbenchError("give --attributes NAME=VALUE,... and/or --image PATH")
+    if alpha is not None and not (alpha >= 0 and np.isfinite(alpha)):
+        raise HashbenchError(f"--alpha {alpha}: expected a number >= 0 (the weight of the description)")
     if top < 1:
         raise HashbenchError(f"--top {top}: expected a positive number of hits")
     results_dir = Path(results_dir) if results_dir else Path("results") / dataset
@@ -236,17 +278,22 @@ def run_query(
     if image is not None:
         code = encode_image(pipe, cell, image)
         hamming = (gallery != code[None, :]).sum(1)
+    notes = []
     if query:
-        from . import semantic
-
-        decoder = semantic.AttributeDecoder(cell.schema).fit(cell.codes("train"), cell.attributes("train"))
-        description = np.asarray(semantic.description_distance(decoder, query, gallery), dtype=float)
+        fitted = query_decoder(cell, pipe, decoder)
+        picks = np.zeros((1, fitted.offsets_[-1]))
+        picks[0, fitted.query_rows(query)] = 1.0
+        description = np.asarray(fitted.description_cost(picks, gallery)[0], dtype=float)
+        notes.append(f"decoder {fitted.name}: desc = its cost of the description (nats per value)")
     if query and code is not None:
-        distance = np.asarray(semantic.combined_distance(decoder, query, code, gallery, alpha), dtype=float)
+        if alpha is None:
+            alpha, how = validated_alpha(results_dir, cell, fitted.name)
+            notes.append(f"alpha {alpha:g} ({how})")
+        distance = hamming / cell.bits + alpha * description
         order = np.argsort(distance, kind="stable")
     elif query:
         distance = description
-        order = np.asarray(semantic.rank_by_description(decoder, query, gallery))
+        order = np.argsort(distance, kind="stable")
     else:
         distance = hamming.astype(float)
         order = np.argsort(distance, kind="stable")
@@ -270,7 +317,7 @@ def run_query(
                 matches,
             )
         )
-    result = QueryResult(cell, query, image, hits, query_code=code)
+    result = QueryResult(cell, query, image, hits, query_code=code, notes=notes)
     png = Path(out) if out else results_dir / f"query_{method}_{bits}.png"
     result.png = contact_sheet(result, pipe.dataset, records, png)
     return result

@@ -239,3 +239,54 @@ def test_query_by_photo_encodes_it_like_the_run_and_finds_its_identity(finished,
         "--cache-dir", finished / "empty-cache", "--image", photo,
     )  # fmt: skip
     assert code == 2 and "IDE model" in err and "hashbench run" in err
+
+
+def test_query_decoders_rank_by_their_cost_and_alpha_comes_from_the_held_out_choice(finished, capsys):
+    from hashbench.cells import load_cell
+    from hashbench.decoders import make_decoders
+    from hashbench.report.photo_description import ALPHA_COLUMNS, ALPHA_NAME
+
+    res = finished / "res"
+    cell = load_cell(res, "itq", 64)
+    common = dict(
+        results_dir=res, out=finished / "dq.png", dataset_options=TINY, cache_dir=finished / "cache"
+    )
+    for name in ("naive-bayes", "logistic"):
+        result = run_query("synthetic", "itq", 64, attributes="gender=female,hat=yes", decoder=name,
+                           top=8, **common)  # fmt: skip
+        (fitted,) = make_decoders([name], cell.schema)
+        fitted.fit(cell.codes("train"), cell.attributes("train"))
+        picks = np.zeros((1, fitted.offsets_[-1]))
+        picks[0, fitted.query_rows("gender=female,hat=yes")] = 1.0
+        cost = fitted.description_cost(picks, cell.codes("gallery"))[0]
+        want = np.argsort(cost, kind="stable")[:8]
+        assert [h.index for h in result.hits] == list(want), name  # the decoder's own ranking
+        assert any(f"decoder {name}" in n for n in result.notes)
+    code, _, err = cli(capsys, "query", *OPTIONS, "--method", "itq", "--bits", "64", "--results", res,
+                       "--attributes", "hat=yes", "--decoder", "oracle")  # fmt: skip
+    assert code == 2 and "--decoder oracle" in err and "logistic" in err and "naive-bayes" in err
+
+    # photo + description: alpha 1 said to be unchosen, then the held-out choice once one is recorded
+    dataset = Registry.load().dataset("synthetic")(None, **TINY)
+    photo = finished / "photo_a.png"
+    next(dataset.open_images([dataset.splits()["query"][0]])).save(photo)
+    both = dict(attributes="hat=yes", image=photo, decoder="logistic", **common)
+    result = run_query("synthetic", "itq", 64, **both)
+    assert any("alpha 1 (no held-out choice" in n for n in result.notes)
+    (res / "validation").mkdir(exist_ok=True)
+    row = {c: "" for c in ALPHA_COLUMNS} | {"method": "itq", "bits": 64, "decoder": "logistic",
+                                            "description": "full", "alpha": 0.25}  # fmt: skip
+    import pandas as pd
+
+    pd.DataFrame([row], columns=ALPHA_COLUMNS).to_csv(res / "validation" / ALPHA_NAME, index=False)
+    try:
+        result = run_query("synthetic", "itq", 64, **both)
+        assert any("alpha 0.25 (chosen on held-out identities" in n for n in result.notes)
+        hamming = np.array([h.hamming for h in result.hits]) / 64
+        desc = np.array([h.description for h in result.hits])
+        assert np.allclose([h.distance for h in result.hits], hamming + 0.25 * desc)
+        assert run_query("synthetic", "itq", 64, alpha=2.0, **both).notes == [
+            n for n in result.notes if n.startswith("decoder")
+        ]  # an --alpha given is used as given
+    finally:
+        (res / "validation" / ALPHA_NAME).unlink()

@@ -167,8 +167,9 @@ class CacheEntry:
         path = self.path(name)
         rec = self.record(name)
         if not path.is_file():
-            if rec is not None:
-                self._update(lambda m: m["files"].pop(name, None))
+            # a record without its file is left alone: it is what another run's :meth:`commit` looks like
+            # between recording the file and renaming it into place (dropping the record there made
+            # that run's file look unrecorded, and rebuilt); the next commit of ``name`` replaces it
             return False
         if rec is None:
             if self.adopting:

@@ -167,3 +167,20 @@ def test_a_damaged_ide_checkpoint_restarts_training(tmp_path, caplog):
         _, history = ide.train_ide(maps, pids, top, 8, cfg, checkpoint=ckpt, progress=False)
     assert [h["epoch"] for h in history] == [1, 2]
     assert any("cannot be read" in r.getMessage() and str(ckpt) in r.getMessage() for r in caplog.records)
+
+
+def test_a_reader_between_a_commits_record_and_rename_leaves_the_record(tmp_path, caplog):
+    """Another run's commit records the file, then renames it into place; a run that checks the entry in
+    between must not drop the record (that made the committed file look unrecorded, and rebuilt)."""
+    from hashbench.cache import CacheEntry
+
+    writer = CacheEntry(tmp_path / "entry", {"k": 1}, "test")
+    reader = CacheEntry(tmp_path / "entry", {"k": 1}, "test")
+    part = tmp_path / "entry" / "maps.part"
+    part.write_bytes(b"0123456789")
+    writer._record("maps", part, 1.0)  # the commit's first half
+    assert not reader.verified("maps")  # not there yet
+    os.replace(part, writer.path("maps"))  # its second half
+    with caplog.at_level(logging.WARNING):
+        assert reader.verified("maps") and writer.verified("maps")
+    assert "rebuilding" not in caplog.text

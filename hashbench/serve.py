@@ -39,6 +39,7 @@ from .cells import load_cell, run_hint
 from .configs import read_configs
 from .errors import HashbenchError
 from .results import CSV_NAME
+from .search import hamming_distances, pack_codes
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class SearchService:
             cell, dataset, data_root, dataset_options, weights, Path(cache_dir) if cache_dir else None, device
         )
         self.gallery = cell.codes("gallery")
+        self.gallery_packed = np.ascontiguousarray(cell.arrays["gallery_codes"])  # for photo searches
         self.gallery_pids = cell.arrays["gallery_pids"].astype(np.int64)
         self.gallery_camids = cell.arrays["gallery_camids"].astype(np.int64)
         n_groups = len(self.schema)
@@ -193,7 +195,10 @@ class SearchService:
             code = self.photo_code(photo)
         if code is None and not asked:
             raise HashbenchError("give attributes (name=value,...), a photo or a query image")
-        hamming = None if code is None else (self.gallery != code[None, :]).sum(1)
+        hamming = None
+        if code is not None:  # packed XOR + popcount: ~30x less work than comparing unpacked bits
+            hamming = hamming_distances(pack_codes(code[None, :]), self.gallery_packed, threads=1)[0]
+            hamming = hamming.astype(np.int64)
         description = None
         if asked:
             dec = self.decoders[decoder]

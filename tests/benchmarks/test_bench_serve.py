@@ -1,5 +1,6 @@
 """``hashbench serve``: the time of one search by description (the request's work, images excluded) on a
-real fitted cell, per decoder.
+real fitted cell, per decoder, and of one search by a query image (its stored code: a photo's search
+less the photo's encoding). Each round is three queries.
 
 Run with ``HASHBENCH_SERVE_RESULTS=DIR pytest tests/benchmarks/test_bench_serve.py --benchmark-only``,
 ``DIR`` a results folder holding a finished Market-1501 cell (``HASHBENCH_SERVE_CELL=method:bits``,
@@ -43,5 +44,20 @@ def test_description_query(benchmark, service, decoder):
     def three():
         for text in DESCRIPTIONS:
             service.search(attributes=text, decoder=decoder, top=10)
+
+    benchmark.pedantic(three, rounds=20, warmup_rounds=1)
+
+
+def test_query_image_search(benchmark, service):
+    """A photo's search without its encoding: a stored query code against the gallery (Hamming)."""
+    if service.query_codes is None:
+        pytest.skip("the cell stored no query codes")
+    benchmark.extra_info.update(
+        gallery=len(service.gallery), bits=service.cell.bits, method=service.cell.method
+    )
+
+    def three():
+        for q in (0, 1000, 2000):
+            service.search(query=q, top=10)
 
     benchmark.pedantic(three, rounds=20, warmup_rounds=1)

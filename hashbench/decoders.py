@@ -171,6 +171,12 @@ class Decoder(ABC):
         """(n,) score of each code for one description (the sum of its values' columns)."""
         return self.value_scores(codes)[:, self.query_rows(query)].sum(1)
 
+    def cost(self, query: str | Mapping, codes: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+        """(n,) :meth:`description_cost` of each code for one description (``scores``: as there)."""
+        picks = np.zeros((1, int(self.offsets_[-1])))
+        picks[0, self.query_rows(query)] = 1.0
+        return self.description_cost(picks, codes, scores)[0]
+
     # -------------------------------------------------------------------------------------- helpers
 
     def _training(self, codes: np.ndarray, attributes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

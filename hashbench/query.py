@@ -37,6 +37,7 @@ from .errors import HashbenchError
 from .method import check_codes
 from .pipeline import Pipeline, run_config_of
 from .results import CSV_NAME
+from .search import hamming_distances, pack_codes
 
 log = logging.getLogger(__name__)
 
@@ -200,18 +201,14 @@ def query_decoder(cell: Cell, pipe, name: str):
     ones."""
     from .decoders import make_decoders
 
-    own = cell.fitted_method(pipe.context(), registry=pipe.registry)
-    mine = own.decoder(cell.schema) if own is not None else None
-    if mine is not None and name == mine.name:
-        chosen = mine
-    else:
-        try:
-            (chosen,) = make_decoders([name], cell.schema, registry=pipe.registry)
-        except HashbenchError:
-            valid = list(pipe.registry.decoders) + ([mine.name] if mine is not None else [])
-            raise HashbenchError(
-                f"--decoder {name}: unknown for {cell.method}; valid: {', '.join(valid)}"
-            ) from None
+    if name in pipe.registry.decoders:
+        (chosen,) = make_decoders([name], cell.schema, registry=pipe.registry)
+    else:  # only then is the fitted method loaded, for a decoder of its own
+        own = cell.fitted_method(pipe.context(), registry=pipe.registry)
+        chosen = own.decoder(cell.schema) if own is not None else None
+        if chosen is None or chosen.name != name:
+            valid = list(pipe.registry.decoders) + ([chosen.name] if chosen is not None else [])
+            raise HashbenchError(f"--decoder {name}: unknown for {cell.method}; valid: {', '.join(valid)}")
     return chosen.fit(cell.codes("train"), cell.attributes("train"))
 
 
@@ -277,13 +274,12 @@ def run_query(
     code = None
     if image is not None:
         code = encode_image(pipe, cell, image)
-        hamming = (gallery != code[None, :]).sum(1)
+        packed = np.ascontiguousarray(cell.arrays["gallery_codes"])
+        hamming = hamming_distances(pack_codes(code[None, :]), packed, threads=1)[0].astype(np.int64)
     notes = []
     if query:
         fitted = query_decoder(cell, pipe, decoder)
-        picks = np.zeros((1, fitted.offsets_[-1]))
-        picks[0, fitted.query_rows(query)] = 1.0
-        description = np.asarray(fitted.description_cost(picks, gallery)[0], dtype=float)
+        description = np.asarray(fitted.cost(query, gallery), dtype=float)
         notes.append(f"decoder {fitted.name}: desc = its cost of the description (nats per value)")
     if query and code is not None:
         if alpha is None:

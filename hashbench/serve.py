@@ -205,9 +205,7 @@ class SearchService:
             columns = dec.query_rows(asked)
             description = self.scores[decoder][:, columns].sum(1)
         if asked and code is not None:
-            picks = np.zeros((1, self.scores[decoder].shape[1]))
-            picks[0, columns] = 1.0
-            cost = self.decoders[decoder].description_cost(picks, self.gallery, self.scores[decoder])[0]
+            cost = dec.cost(asked, self.gallery, self.scores[decoder])
             # the ranking of photo_description.csv
             order = np.argsort(hamming / self.cell.bits + alpha * cost, kind="stable")
         elif asked:

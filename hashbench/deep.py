@@ -5,8 +5,8 @@ this module, :mod:`hashbench.method` and :mod:`hashbench.training` are public, a
 nothing else of hashbench.
 
 A deep method trains its own copy of the backbone's top (the stages after the cut, initialised from
-ImageNet, *not* from the IDE checkpoint) plus its hash layer(s), on the cached trunk maps of the training
-split (``finetune="top"``, CPU friendly), or the whole backbone from pixels (``finetune="full"``: a
+ImageNet by default, or with ``init="ide"`` from the IDE stage's trained top) plus its hash layer(s), on
+the cached trunk maps of the training split (``finetune="top"``, CPU friendly), or the whole backbone from pixels (``finetune="full"``: a
 trainable copy of the trunk in front of the top; meant for a CUDA device).
 
 Writing a deep method
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 WHOLE = ((0.0, 1.0),)
 FINETUNE = ("top", "full")
+INITS = ("imagenet", "ide")
 
 
 # -- regions ------------------------------------------------------------------------------------------
@@ -161,16 +162,34 @@ SAMPLERS: dict[str, tuple[str, ...]] = {"pk": ("P", "K"), "random": ("batch_size
 
 
 # -- network ------------------------------------------------------------------------------------------
-def make_body(context: Context, finetune: str) -> tuple[nn.Module, int, list[nn.Parameter]]:
+def make_body(
+    context: Context, finetune: str, init: str = "imagenet"
+) -> tuple[nn.Module, int, list[nn.Parameter]]:
     """The trainable body: a fresh ImageNet copy of the top at ``context.cut`` (else
     ``context.extras["cut"]``, else the backbone's default cut), preceded by a trainable trunk copy for
-    ``finetune="full"``. Returns the body, its output channels and the trunk's parameters (to get a
-    smaller learning rate)."""
+    ``finetune="full"``. With ``init="ide"`` the top starts from the IDE stage's trained top instead
+    (``context.ide_top``, its ``state_dict()``, loaded strictly). Returns the body, its output channels
+    and the trunk's parameters (to get a smaller learning rate)."""
     backbone = context.backbone
     if backbone is None:
         raise HashbenchError("deep methods need the backbone in their context (context.backbone)")
+    if init not in INITS:
+        raise HashbenchError(f"init={init!r}: expected one of {', '.join(map(repr, INITS))}")
     cut = body_cut(context)
     top = backbone.top(cut)
+    if init == "ide":
+        if context.ide_top is None:
+            raise HashbenchError(
+                "init='ide' needs the IDE stage's top in the context (context.ide_top): the method must "
+                "consume 'ide' (the runner then trains the IDE stage and lends it)"
+            )
+        try:
+            top.load_state_dict(context.ide_top, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise HashbenchError(
+                f"init='ide': the IDE top does not fit the top at cut {cut!r}: {detail}"
+            ) from None
     if finetune == "top":
         return top, backbone.out_channels, []
     trunk = copy.deepcopy(backbone.trunk(cut)).train()
@@ -334,7 +353,13 @@ class DeepHashing(HashMethod):
     - ``flip``: horizontal flips of the maps or images, probability 0.5;
     - ``finetune``: ``"top"`` trains on the cached trunk maps; ``"full"`` trains the whole backbone from
       pixels (``consumes`` becomes ``{"images"}``). A run option (``run_options``): unless set with
-      ``--param``, the runner passes the run's ``--finetune``.
+      ``--param``, the runner passes the run's ``--finetune``;
+    - ``init`` (keyword, default ``"imagenet"``): where the top starts. ``"ide"``: from the IDE stage's
+      top, already adapted to re-id on the training split by identity classification (``consumes``
+      gains ``"ide"``, so the runner trains that stage and the cell's key records it); a warm start
+      that may need fewer epochs. A subclass that lists ``init`` in its ``__init__`` makes it a
+      ``--param``; at ``"imagenet"`` it is left out of :meth:`get_params`, so cells from before the
+      option keep their configuration hashes.
 
     Fitted attributes: ``model_`` (the :class:`HashNet`), ``history_`` (the per-epoch log) and what
     :meth:`rebuild` needs to build the network again when a saved method is restored: ``n_ids_``,
@@ -363,10 +388,13 @@ class DeepHashing(HashMethod):
         warmup_epochs: float,
         flip: bool,
         finetune: str,
+        init: str = "imagenet",
     ) -> None:
         super().__init__(bits, seed)
         if finetune not in FINETUNE:
             raise HashbenchError(f"{self.name}.finetune={finetune!r}: expected 'top' or 'full'")
+        if init not in INITS:
+            raise HashbenchError(f"{self.name}.init={init!r}: expected one of {', '.join(map(repr, INITS))}")
         if epochs < 1:
             raise HashbenchError(f"{self.name}.epochs={epochs}: expected at least 1")
         self.epochs = int(epochs)
@@ -376,8 +404,19 @@ class DeepHashing(HashMethod):
         self.warmup_epochs = float(warmup_epochs)
         self.flip = bool(flip)
         self.finetune = finetune
+        self.init = init
         if finetune == "full":  # pixels instead of cached trunk maps
             self.consumes = (type(self).consumes - {"maps"}) | {"images"}
+        if init == "ide":  # the IDE stage's top, lent in the context
+            self.consumes = self.consumes | {"ide"}
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters (:meth:`hashbench.method.HashMethod.get_params`), ``init`` left out at its
+        default ``"imagenet"`` (configurations from before the option keep their hashes)."""
+        params = super().get_params()
+        if params.get("init", None) == "imagenet":
+            del params["init"]
+        return params
 
     # -- what a subclass defines ------------------------------------------------------------------
     @abstractmethod
@@ -436,7 +475,7 @@ class DeepHashing(HashMethod):
         if train.attributes is not None:
             targets_all["attributes"] = torch.from_numpy(np.asarray(train.attributes, dtype=np.int64))
 
-        body, channels, trunk_params = make_body(context, self.finetune)
+        body, channels, trunk_params = make_body(context, self.finetune, getattr(self, "init", "imagenet"))
         # what rebuild() needs to build this network again, besides the hyperparameters
         self.n_ids_ = n_ids
         self.cut_ = body_cut(context)

@@ -213,9 +213,9 @@ def require_cache(pipe: Pipeline, consumes, host: str) -> None:
     from .ide import ide_dir
 
     need = []
-    if set(consumes) & {"maps", "features"}:
+    if set(consumes) & {"maps", "features", "ide"}:
         need.append(FeatureCache(pipe.cache_root).trunk_dir(pipe.keys.trunk) / MANIFEST)
-    if "features" in consumes:
+    if set(consumes) & {"features", "ide"}:
         need.append(ide_dir(pipe.cache_root, pipe.keys.ide) / MANIFEST)
     for path in need:
         if not path.is_file():

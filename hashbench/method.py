@@ -9,6 +9,9 @@ A method never touches files, devices it was not given, or metrics. It declares 
 ``images``      the split's pixels, as an :class:`~hashbench.features.ImageSource` (``len``, and
                 ``batch(index) -> (B, 3, H, W)`` normalised tensors), for training from pixels
                 (``--finetune full``)
+``ide``         not a split's array: the IDE stage's trained top (its ``state_dict()``), lent in
+                :attr:`Context.ide_top` to a method that starts from it (a deep method with
+                ``init="ide"``); the run trains the IDE stage for it as for ``features``
 
 ``consumes`` is a class attribute; a method whose inputs depend on a hyperparameter (a deep method
 with ``finetune="full"`` reads ``images`` instead of ``maps``) overrides it on the instance.
@@ -72,7 +75,8 @@ import numpy as np
 from .data import AttributeSchema
 from .errors import HashbenchError
 
-INPUTS = ("features", "maps", "attributes", "images")
+INPUTS = ("features", "maps", "attributes", "images", "ide")
+SPLIT_INPUTS = ("features", "maps", "attributes", "images")  # the inputs a View carries, per split
 
 
 @dataclass
@@ -122,7 +126,9 @@ class Context:
     ``backbone``: the :class:`hashbench.backbones.Backbone`, for methods that consume ``"maps"`` or
     ``"images"``; ``cut``: the backbone cut the trunk maps were computed at (``None``: the backbone's
     default cut); ``finetune``: the run-level ``--finetune`` (``"top"`` or ``"full"``); ``progress``:
-    whether a method may show progress bars; ``extras``: anything else, by name.
+    whether a method may show progress bars; ``ide_top``: the IDE stage's trained top at ``cut`` as a
+    ``state_dict()``, lent only to a method that consumes ``"ide"`` (else ``None``); ``extras``:
+    anything else, by name.
     """
 
     device: str = "cpu"
@@ -131,6 +137,7 @@ class Context:
     cut: str | None = None
     finetune: str = "top"
     progress: bool = False
+    ide_top: dict | None = None
     extras: dict = field(default_factory=dict)
 
 

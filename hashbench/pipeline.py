@@ -39,7 +39,7 @@ from .errors import HashbenchError
 from .features import FeatureCache, ImageSource, resolve_device, trunk_key
 from .ide import IDEConfig, IDEModel, adapted_features, embed_maps, load_ide_model
 from .keys import TrunkKey, digest_of, holdout_key, ide_key, resolve_cache_dir
-from .method import INPUTS, Context, HashMethod, View
+from .method import INPUTS, SPLIT_INPUTS, Context, HashMethod, View
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Keys:
 
     def as_record(self, consumes: Iterable[str]) -> dict:
         out = {"trunk": self.trunk.digest(), "trunk_spec": self.trunk.spec(), "ide_input": self.ide_input}
-        if "features" in consumes:
+        if set(consumes) & {"features", "ide"}:
             out["ide"] = self.ide
         return out
 
@@ -207,6 +207,7 @@ class Pipeline:
         if config.engine != "torch":  # maps of another engine differ in rounding: other cells
             self.base_config["engine"] = config.engine
         self.inputs: dict[str, dict] = {}  # input name -> split -> array (or ImageSource)
+        self.ide_top: dict | None = None  # the IDE stage's top (state_dict), once "ide" is loaded
         self.timings: dict = {}
 
     @classmethod
@@ -221,9 +222,9 @@ class Pipeline:
         if unknown:
             raise HashbenchError(f"a method consumes unknown input(s) {sorted(unknown)}; known: {INPUTS}")
         dataset, splits, config = self.dataset, self.splits, self.config
-        if need & {"maps", "features"} and "maps" not in self.inputs:
+        if need & {"maps", "features", "ide"} and "maps" not in self.inputs:
             self._load_maps()
-        if "features" in need and "features" not in self.inputs:
+        if need & {"features", "ide"} and "features" not in self.inputs:
             feats, info = adapted_features(
                 self.cache_root,
                 self.keys.ide,
@@ -245,6 +246,8 @@ class Pipeline:
                 info["ide_train_s"],
                 info["ide_embed_s"],
             )
+        if "ide" in need and self.ide_top is None:
+            self.ide_top = {k: v.detach().cpu().clone() for k, v in self.ide_model().top.state_dict().items()}
         if "images" in need:
             self.inputs["images"] = {
                 s: ImageSource(dataset, splits.records[s], self.input_size) for s in splits.records
@@ -294,8 +297,10 @@ class Pipeline:
 
     # -- what methods see -----------------------------------------------------------------------------
     def view(self, split: str, consumes: Iterable[str] = frozenset({"features"})) -> View:
-        """The split's labels and the loaded inputs in ``consumes``."""
+        """The split's labels and the loaded inputs in ``consumes`` (those a split has: ``"ide"`` is lent
+        in the :meth:`context` instead)."""
         arrays = self.splits.arrays[split]
+        consumes = [name for name in consumes if name in SPLIT_INPUTS]
         missing = [name for name in consumes if name not in self.inputs]
         if missing:
             raise HashbenchError(f"pipeline: input(s) {', '.join(missing)} not loaded; call load() first")
@@ -303,9 +308,13 @@ class Pipeline:
             split, arrays.pids, arrays.camids, **{name: self.inputs[name][split] for name in consumes}
         )
 
-    def context(self) -> Context:
-        """What a method is lent for training: device, schema, backbone, cut, finetune, progress."""
+    def context(self, consumes: Iterable[str] = ()) -> Context:
+        """What a method is lent for training: device, schema, backbone, cut, finetune, progress; and the
+        IDE stage's top when ``consumes`` has ``"ide"`` (loaded first with :meth:`load`)."""
+        if "ide" in consumes and self.ide_top is None:
+            raise HashbenchError("pipeline: input 'ide' not loaded; call load() first")
         return Context(
+            ide_top=self.ide_top if "ide" in consumes else None,
             device=str(self.device),
             schema=self.attributes.schema if self.attributes is not None else None,
             backbone=self.backbone,

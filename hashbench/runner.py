@@ -162,7 +162,7 @@ def compute_cell(
     seed_everything(config.seed)
     t_cell = time.perf_counter()
     q, g = pipe.splits.arrays["query"], pipe.splits.arrays["gallery"]
-    context = pipe.context()
+    context = pipe.context(consumes)
     t0 = time.perf_counter()
     method.fit(pipe.view("train", consumes), context)
     train_s = time.perf_counter() - t0

@@ -137,6 +137,7 @@ class CSQ(DeepHashing):
         warmup_epochs: float = 0.5,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
     ) -> None:
         super().__init__(
             bits,
@@ -148,6 +149,7 @@ class CSQ(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         if lam < 0:
             raise HashbenchError(f"csq.lam={lam}: expected >= 0")

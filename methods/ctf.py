@@ -219,6 +219,7 @@ class CtF(DeepHashing):
         warmup_epochs: float = 0.5,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
     ) -> None:
         super().__init__(
             bits,
@@ -230,6 +231,7 @@ class CtF(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         if P < 2 or K < 2:
             raise HashbenchError(f"ctf: P={P}, K={K}: triplets need P >= 2 identities and K >= 2 images")

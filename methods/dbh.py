@@ -84,6 +84,7 @@ class DBH(DeepHashing):
         bn: bool = True,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
     ) -> None:
         super().__init__(
             bits,
@@ -95,6 +96,7 @@ class DBH(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         self.batch_size = int(batch_size)
         self.label_smoothing = float(label_smoothing)

@@ -305,6 +305,7 @@ class DeepSSH(DeepHashing):
         warmup_epochs: float = 1.0,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
     ) -> None:
         super().__init__(
             bits,
@@ -316,6 +317,7 @@ class DeepSSH(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         checks = [
             (P >= 2 and K >= 2, f"P={P}, K={K}: triplets need P >= 2 identities and K >= 2 images"),

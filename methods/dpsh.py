@@ -116,6 +116,7 @@ class DPSH(DeepHashing):
         warmup_epochs: float = 0.5,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
     ) -> None:
         super().__init__(
             bits,
@@ -127,6 +128,7 @@ class DPSH(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         if P < 2 or K < 2:
             raise HashbenchError(f"dpsh: P={P}, K={K}: pairs need P >= 2 identities and K >= 2 images")

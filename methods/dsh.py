@@ -91,6 +91,7 @@ class DSH(DeepHashing):
         warmup_epochs: float = 0.5,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
     ) -> None:
         super().__init__(
             bits,
@@ -102,6 +103,7 @@ class DSH(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         if P < 2 or K < 2:
             raise HashbenchError(f"dsh: P={P}, K={K}: pairs need P >= 2 identities and K >= 2 images")

@@ -101,6 +101,7 @@ class GreedyHash(DeepHashing):
         warmup_epochs: float = 0.5,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
     ) -> None:
         super().__init__(
             bits,
@@ -112,6 +113,7 @@ class GreedyHash(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         if alpha < 0:
             raise HashbenchError(f"greedyhash.alpha={alpha}: expected >= 0")

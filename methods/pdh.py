@@ -131,6 +131,7 @@ class PDH(DeepHashing):
         warmup_epochs: float = 0.5,
         flip: bool = True,
         finetune: str = "top",
+        init: str = "imagenet",
         scale_head_lr: bool = True,
         feature_weight: float = 1.0,
         feature_margin: float = 0.3,
@@ -145,6 +146,7 @@ class PDH(DeepHashing):
             warmup_epochs=warmup_epochs,
             flip=flip,
             finetune=finetune,
+            init=init,
         )
         if mining not in ("hard", "all"):
             raise HashbenchError(f"pdh.mining={mining!r}: expected 'hard' or 'all'")

@@ -475,7 +475,7 @@ class DeepHashing(HashMethod):
         if train.attributes is not None:
             targets_all["attributes"] = torch.from_numpy(np.asarray(train.attributes, dtype=np.int64))
 
-        body, channels, trunk_params = make_body(context, self.finetune, getattr(self, "init", "imagenet"))
+        body, channels, trunk_params = make_body(context, self.finetune, self.init)
         # what rebuild() needs to build this network again, besides the hyperparameters
         self.n_ids_ = n_ids
         self.cut_ = body_cut(context)

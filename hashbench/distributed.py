@@ -211,11 +211,12 @@ def require_cache(pipe: Pipeline, consumes, host: str) -> None:
     from .cache import MANIFEST
     from .features import FeatureCache
     from .ide import ide_dir
+    from .method import NEEDS_IDE, NEEDS_MAPS
 
     need = []
-    if set(consumes) & {"maps", "features", "ide"}:
+    if NEEDS_MAPS & set(consumes):
         need.append(FeatureCache(pipe.cache_root).trunk_dir(pipe.keys.trunk) / MANIFEST)
-    if set(consumes) & {"features", "ide"}:
+    if NEEDS_IDE & set(consumes):
         need.append(ide_dir(pipe.cache_root, pipe.keys.ide) / MANIFEST)
     for path in need:
         if not path.is_file():

@@ -77,6 +77,8 @@ from .errors import HashbenchError
 
 INPUTS = ("features", "maps", "attributes", "images", "ide")
 SPLIT_INPUTS = ("features", "maps", "attributes", "images")  # the inputs a View carries, per split
+NEEDS_MAPS = frozenset({"maps", "features", "ide"})  # the inputs made from the cached trunk maps
+NEEDS_IDE = frozenset({"features", "ide"})  # the inputs made by the IDE stage
 
 
 @dataclass

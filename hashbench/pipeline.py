@@ -39,7 +39,7 @@ from .errors import HashbenchError
 from .features import FeatureCache, ImageSource, resolve_device, trunk_key
 from .ide import IDEConfig, IDEModel, adapted_features, embed_maps, load_ide_model
 from .keys import TrunkKey, digest_of, holdout_key, ide_key, resolve_cache_dir
-from .method import INPUTS, SPLIT_INPUTS, Context, HashMethod, View
+from .method import INPUTS, NEEDS_IDE, NEEDS_MAPS, SPLIT_INPUTS, Context, HashMethod, View
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Keys:
 
     def as_record(self, consumes: Iterable[str]) -> dict:
         out = {"trunk": self.trunk.digest(), "trunk_spec": self.trunk.spec(), "ide_input": self.ide_input}
-        if set(consumes) & {"features", "ide"}:
+        if NEEDS_IDE & set(consumes):
             out["ide"] = self.ide
         return out
 
@@ -222,9 +222,9 @@ class Pipeline:
         if unknown:
             raise HashbenchError(f"a method consumes unknown input(s) {sorted(unknown)}; known: {INPUTS}")
         dataset, splits, config = self.dataset, self.splits, self.config
-        if need & {"maps", "features", "ide"} and "maps" not in self.inputs:
+        if need & NEEDS_MAPS and "maps" not in self.inputs:
             self._load_maps()
-        if need & {"features", "ide"} and "features" not in self.inputs:
+        if need & NEEDS_IDE and "features" not in self.inputs:
             feats, info = adapted_features(
                 self.cache_root,
                 self.keys.ide,

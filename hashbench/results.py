@@ -425,21 +425,38 @@ def artifact_file(results_dir: Path, artifact: str, csv_name: str = CSV_NAME) ->
     return results_dir / rel
 
 
+# what a run's numbers depend on: a change elsewhere (results/, docs, tests) does not make it dirty
+CODE_PATHS = ("hashbench", "methods", "datasets", "pyproject.toml")
+
+
 def git_commit(path: Path | None = None) -> str:
-    """The commit of the hashbench source tree (``+dirty`` if it has uncommitted changes), or 'unknown'."""
+    """The commit of the hashbench source tree, or 'unknown'.
+
+    ``+dirty`` when the code differs from that commit: tracked files under :data:`CODE_PATHS` with
+    uncommitted changes. Results, notes and tests do not count, so a validation run that appends to a
+    committed ``results.csv`` leaves the next run's commit clean.
+    """
     here = Path(path or Path(__file__).resolve().parent)
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
+        root = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
             cwd=here,
             capture_output=True,
             text=True,
             check=True,
             timeout=10,
         ).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,

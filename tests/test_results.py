@@ -199,3 +199,31 @@ def test_undecodable_bytes_are_an_unreadable_csv_in_the_header_and_a_damaged_lin
     assert [r.method for r in table.rows] == ["DBH"] and [(d.line, d.reason) for d in table.damaged] == [
         (2, "not UTF-8 text")
     ]
+
+
+def test_git_commit_is_dirty_only_for_code_changes(tmp_path):
+    """A run's commit says +dirty when the code differs, not when a committed results file grew."""
+    import shutil
+    import subprocess
+
+    from hashbench.results import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "hashbench").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "hashbench" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "results.csv").write_text("map\n1.0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "seed")
+    clean = git_commit(tmp_path / "hashbench")
+    assert len(clean) == 12 and not clean.endswith("+dirty")
+    (tmp_path / "results" / "results.csv").write_text("map\n1.0\n2.0\n")
+    assert git_commit(tmp_path / "hashbench") == clean
+    (tmp_path / "hashbench" / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path / "hashbench") == clean + "+dirty"

@@ -98,6 +98,9 @@ Choices beyond the paper (documented hyperparameters)
   is why the Market-1501 grid keeps 8 and does not fit in an hour on 2 cores
   (``--param deepssh.epochs=3`` is the fast setting).
 - ``attr_weight=1``: the attribute term is a mean over groups, about as strong as one identity term.
+- ``attr_balance=0``: every image weighs the same in the attribute term. ``a`` in (0, 1] weighs an
+  image by ``p_v ** -a`` of its value's training share ``p_v`` (:func:`value_weights`; 1 is
+  class-balanced), so rare values (a hat, a handbag) are not learned as "always no".
 
 The figures behind these choices (held-out and synthetic) are in
 ``results/market1501/validation/deepssh.md``.
@@ -296,6 +299,7 @@ class DeepSSH(DeepHashing):
         id_weight: float = 1.0,
         triplet_weight: float = 1.0,
         attr_weight: float = 1.0,
+        attr_balance: float = 0.0,
         quant_weight: float = 0.1,
         balance_weight: float = 0.01,
         teacher_weight: float = 1.0,
@@ -327,6 +331,7 @@ class DeepSSH(DeepHashing):
             (id_scale > 0.0, f"id_scale={id_scale}: expected > 0"),
             (distill_temperature > 0.0, f"distill_temperature={distill_temperature}: expected > 0"),
             (lr > 0.0, f"lr={lr}: expected > 0"),
+            (0.0 <= attr_balance <= 1.0, f"attr_balance={attr_balance}: expected 0 <= a <= 1"),
         ]
         weights = dict(
             id_weight=id_weight,
@@ -353,6 +358,14 @@ class DeepSSH(DeepHashing):
         for k, w in weights.items():
             setattr(self, k, float(w))
         self.distill_temperature = float(distill_temperature)
+        self.attr_balance = float(attr_balance)
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters, ``attr_balance`` left out at its default 0 (earlier cells keep their hashes)."""
+        params = super().get_params()
+        if params.get("attr_balance", None) == 0.0:
+            del params["attr_balance"]
+        return params
 
     # -- training -------------------------------------------------------------------------------------
     def fit(self, train: View, context: Context | None = None) -> DeepSSH:
@@ -380,6 +393,7 @@ class DeepSSH(DeepHashing):
         n_logits = [1 if g.kind == "binary" else len(g.values) for g in groups]
         self._offsets = np.concatenate([[0], np.cumsum(n_logits)]).tolist()
         slices = [self.segments_[g.name] for g in groups]
+        self._value_weights = value_weights(train.attributes, groups, self.attr_balance)
         return SemanticHashHead(
             channels, self.bits, n_ids, slices, [len(g.values) for g in groups], self.id_scale
         )
@@ -393,14 +407,17 @@ class DeepSSH(DeepHashing):
             ok = (y >= 0) & (y < hi - lo if kind != "binary" else y < 2)
             if not ok.any():
                 continue
+            weights = getattr(self, "_value_weights", None)
+            w = None if weights is None or self.attr_balance == 0.0 else weights[g].to(y.device)[y[ok]]
             if kind == "binary":
                 x = logits[ok, lo]
-                losses.append(F.binary_cross_entropy_with_logits(x, y[ok].float()))
+                each = F.binary_cross_entropy_with_logits(x, y[ok].float(), reduction="none")
                 correct += float(((x > 0).long() == y[ok]).sum())
             else:
                 x = logits[ok, lo:hi]
-                losses.append(F.cross_entropy(x, y[ok]))
+                each = F.cross_entropy(x, y[ok], reduction="none")
                 correct += float((x.argmax(1) == y[ok]).sum())
+            losses.append(each.mean() if w is None else (each * w).mean())
             known += int(ok.sum())
         if not losses:
             return logits.sum() * 0.0, float("nan")
@@ -499,6 +516,23 @@ class DeepSSH(DeepHashing):
             code[a:b] = self.model_.head.readouts[g].value_bits(v)
             mask[a:b] = True
         return code, mask
+
+
+def value_weights(attributes, groups, balance: float) -> list[torch.Tensor]:
+    """Per group, a weight per value for the attribute loss: ``p_v ** -balance`` with ``p_v`` the value's
+    share of the training images with a known label (Laplace-smoothed), scaled so that the expected weight
+    over the training images is 1 (the loss keeps its scale). ``balance`` 0: all 1; 1: every value weighs
+    as much in total as any other (class-balanced)."""
+    attributes = np.asarray(attributes)
+    out = []
+    for g, group in enumerate(groups):
+        k = len(group.values)
+        y = attributes[:, g]
+        y = y[(y >= 0) & (y < k)].astype(np.int64)
+        p = (np.bincount(y, minlength=k) + 1.0) / (len(y) + k)
+        w = p**-balance
+        out.append(torch.as_tensor(w / float(p @ w), dtype=torch.float32))
+    return out
 
 
 class ReadoutDecoder(Decoder):

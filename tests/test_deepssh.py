@@ -11,7 +11,7 @@ from hashbench.errors import HashbenchError
 from hashbench.features import ImageSource
 from hashbench.method import View, check_codes
 from hashbench.runner import RunConfig, make_method
-from hashbench_methods.deepssh import IDENTITY, DeepSSH, codebook, semantic_layout
+from hashbench_methods.deepssh import IDENTITY, DeepSSH, codebook, semantic_layout, value_weights
 from hashbench_methods.lsh import LSH
 
 MAPS = frozenset({"maps", "attributes"})
@@ -195,6 +195,8 @@ def test_consumes_and_finetune_injection():
         {"K": 1},
         {"margin": -0.1},
         {"attr_weight": -1.0},
+        {"attr_balance": -0.5},
+        {"attr_balance": 1.5},
         {"distill_temperature": 0.0},
         {"id_scale": 0.0},
         {"label_smoothing": 1.0},
@@ -264,3 +266,48 @@ def test_its_own_decoder_is_the_codeword_readout(ssh64, synthetic_bench):
     table = synthetic_bench.prepared.attributes
     df = evaluate_attribute_queries(decoder, codes, gallery.pids, table, n_values=[12], seed=0)
     assert df.iloc[0].n_queries > 0 and df.iloc[0].rank5 >= df.iloc[0].rank1 > 100 / 60  # above chance
+
+
+def test_value_weights_balance_rare_values():
+    """attr_balance=1: every value of a group weighs the same in total; 0: every image weighs 1."""
+    schema = schema_of({"hat": 2, "age": 4})
+    hat = np.array([0] * 90 + [1] * 10)
+    age = np.array([0] * 50 + [1] * 30 + [2] * 15 + [-1] * 5)  # value 3 never seen, one unknown block
+    attrs = np.stack([hat, age], 1)
+    for g, y in enumerate([hat, age]):
+        known = y[y >= 0]
+        w = value_weights(attrs, schema.groups, 1.0)[g].numpy().astype(float)
+        p = (np.bincount(known, minlength=len(w)) + 1.0) / (len(known) + len(w))
+        assert np.allclose(p * w, (p * w)[0])  # the same total weight per value (Laplace-smoothed shares)
+        assert np.isclose(p @ w, 1.0)  # expected weight 1: the loss keeps its scale
+        assert w[1] > w[0]  # the rarer value weighs more
+        assert np.allclose(value_weights(attrs, schema.groups, 0.0)[g].numpy(), 1.0)
+    half, full = (value_weights(attrs, schema.groups, a)[0].numpy() for a in (0.5, 1.0))
+    assert np.isclose(half[1] / half[0], np.sqrt(full[1] / full[0]))  # p ** -0.5 against p ** -1
+
+
+def test_balanced_attribute_loss_weighs_each_image_by_its_value():
+    schema = schema_of({"hat": 2, "age": 3})
+    ssh = DeepSSH(bits=64, attr_balance=1.0)
+    ssh._kinds = [g.kind for g in schema.groups]
+    ssh._offsets = [0, 1, 4]
+    attrs = np.array([[0, 0], [0, 1], [0, 2], [1, -1]])
+    ssh._value_weights = value_weights(attrs, schema.groups, 1.0)
+    logits = torch.tensor([[0.5, 1.0, 0.0, 0.0], [-1.0, 0.0, 2.0, 0.0], [2.0, 0.0, 0.0, 1.0], [0.1, 0, 0, 0]])
+    labels = torch.as_tensor(attrs)
+    loss, acc = ssh.attribute_loss(logits, labels)
+    w_hat, w_age = (w.numpy().astype(float) for w in ssh._value_weights)
+    x = logits[:, 0].numpy().astype(float)
+    y = np.array([0, 0, 0, 1])
+    bce = np.log1p(np.exp(-np.where(y == 1, x, -x)))
+    lsm = torch.log_softmax(logits[:3, 1:4].double(), 1).numpy()
+    ce = -lsm[np.arange(3), [0, 1, 2]]
+    expected = ((bce * w_hat[y]).mean() + (ce * w_age[[0, 1, 2]]).mean()) / 2
+    assert np.isclose(float(loss), expected, rtol=1e-5)
+    ssh.attr_balance = 0.0  # unweighted: the plain means
+    assert np.isclose(float(ssh.attribute_loss(logits, labels)[0]), (bce.mean() + ce.mean()) / 2, rtol=1e-5)
+
+
+def test_attr_balance_enters_the_config_only_when_set():
+    assert "attr_balance" not in DeepSSH(bits=64).get_params()  # earlier cells keep their hashes
+    assert DeepSSH(bits=64, attr_balance=0.5).get_params()["attr_balance"] == 0.5

@@ -39,7 +39,7 @@ Choices the paper leaves open or that the setting sets (documented hyperparamete
 - ``theta_scale=0.5``: ``Theta = theta_scale u_i^T u_j``, the paper's 1/2. ``Theta`` then spans about
   ``+-bits / 2`` for codes near +-1, so the likelihood saturates at long codes (chance-level 2048-bit
   codes on the synthetic set); HashNet's ``alpha = 10 / bits`` is the length-invariant variant, left to
-  tuning here (``theta_scale = 10 / bits`` matches it).
+  tuning here (``theta_scale="10/bits"`` matches it; ``"C/bits"`` is ``C / bits`` at every length).
 - Optimisation as DBH (SGD with Nesterov momentum, new layers at 10 x, weight decay 5e-4, half an epoch
   of warm-up then cosine decay, horizontal flips; ``epochs=3``, the cost budget of the deep methods:
   about a minute per epoch on Market-1501's 12,936 maps, 2 CPU cores) but ``lr=0.01``: at DBH's 0.05
@@ -84,6 +84,24 @@ def dpsh_loss(
     return likelihood + quant, quant
 
 
+def theta_of(theta_scale: float | str, bits: int) -> float:
+    """The factor of ``Theta = factor * u_i^T u_j``: ``theta_scale`` itself, or for ``"C/bits"`` the
+    length-invariant ``C / bits`` (``"64/bits"`` is the paper's 1/2 at 128 bits; HashNet's is ``10/bits``)."""
+    if isinstance(theta_scale, str):
+        head, sep, tail = theta_scale.replace(" ", "").partition("/")
+        try:
+            value = float(head) / bits if sep and tail == "bits" else float(theta_scale)
+        except ValueError:
+            value = float("nan")
+    else:
+        value = float(theta_scale)
+    if not value > 0:
+        raise HashbenchError(
+            f"dpsh.theta_scale={theta_scale!r}: expected a number > 0 or 'C/bits' with C > 0"
+        )
+    return value
+
+
 class LinearHashHead(nn.Module):
     """The hash layer alone: ``u = BN(W x)`` on the pooled features, ``"pre"`` = ``u``."""
 
@@ -110,7 +128,7 @@ class DPSH(DeepHashing):
         P: int = 16,
         K: int = 4,
         eta: float = 0.1,
-        theta_scale: float = 0.5,
+        theta_scale: float | str = 0.5,
         bn: bool = True,
         weight_decay: float = 5e-4,
         warmup_epochs: float = 0.5,
@@ -135,15 +153,14 @@ class DPSH(DeepHashing):
         if eta < 0:
             raise HashbenchError(f"dpsh.eta={eta}: expected >= 0")
         self.P, self.K = int(P), int(K)
-        if theta_scale <= 0:
-            raise HashbenchError(f"dpsh.theta_scale={theta_scale}: expected > 0")
         self.eta = float(eta)
-        self.theta_scale = float(theta_scale)
+        self.theta_scale = theta_scale if isinstance(theta_scale, str) else float(theta_scale)
+        self.theta_ = theta_of(theta_scale, self.bits)
         self.bn = bool(bn)
 
     def build_head(self, channels: int, n_ids: int, train: View, context: Context) -> nn.Module:
         return LinearHashHead(channels, self.bits, self.bn)
 
     def loss(self, out, targets):
-        loss, quant = dpsh_loss(out["pre"], targets["ids"], self.eta, self.theta_scale)
+        loss, quant = dpsh_loss(out["pre"], targets["ids"], self.eta, self.theta_)
         return loss, {"quant": float(quant.detach())}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from hashbench.errors import HashbenchError
 from hashbench.ide import IDEConfig
 from hashbench.method import check_codes
 from hashbench.pipeline import Pipeline, RunConfig, make_method
@@ -18,7 +19,7 @@ from hashbench.registry import Registry
 from hashbench.search import hamming_rank
 from hashbench_methods.csq import CSQ, csq_loss, hash_centres, pairwise_hamming
 from hashbench_methods.ctf import CtF, coarse_to_fine_search, code_lengths, search_cost
-from hashbench_methods.dpsh import DPSH, dpsh_loss
+from hashbench_methods.dpsh import DPSH, dpsh_loss, theta_of
 from hashbench_methods.dsh import DSH, dsh_loss
 from hashbench_methods.greedyhash import GreedyHash, greedy_penalty, sign_st
 from hashbench_methods.hashnet import HashNet, beta_schedule, hashnet_loss
@@ -58,6 +59,17 @@ def test_dpsh_loss_by_hand():
     v = u.clone().requires_grad_(True)
     dpsh_loss(v, y, eta=0.0)[0].backward()
     assert (v.grad[0] @ (u[1] - u[0])).item() < 0  # descending moves u_0 towards u_1
+
+
+def test_dpsh_theta_scale_per_bit_is_length_invariant():
+    assert theta_of(0.5, 2048) == 0.5
+    assert theta_of("64/bits", 128) == 0.5 and theta_of("64/bits", 2048) == 64 / 2048
+    assert DPSH(bits=256, theta_scale="10/bits").theta_ == pytest.approx(10 / 256)
+    assert DPSH(bits=256, theta_scale="10/bits").get_params()["theta_scale"] == "10/bits"  # as written
+    for bad in (0, -1.0, "bits", "x/bits", "-3/bits", "10/bytes"):
+        with pytest.raises(HashbenchError, match="dpsh.theta_scale") as err:
+            DPSH(bits=128, theta_scale=bad)
+        assert "\n" not in str(err.value)
 
 
 def test_dsh_loss_by_hand():

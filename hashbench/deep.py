@@ -359,7 +359,8 @@ class DeepHashing(HashMethod):
       gains ``"ide"``, so the runner trains that stage and the cell's key records it); a warm start
       that may need fewer epochs. A subclass that lists ``init`` in its ``__init__`` makes it a
       ``--param``; at ``"imagenet"`` it is left out of :meth:`get_params`, so cells from before the
-      option keep their configuration hashes.
+      option keep their configuration hashes. The built-in deep methods default to ``"ide"`` (chosen on
+      held-out identities); the base keeps ``"imagenet"`` for a subclass that passes nothing.
 
     Fitted attributes: ``model_`` (the :class:`HashNet`), ``history_`` (the per-epoch log) and what
     :meth:`rebuild` needs to build the network again when a saved method is restored: ``n_ids_``,
@@ -411,8 +412,8 @@ class DeepHashing(HashMethod):
             self.consumes = self.consumes | {"ide"}
 
     def get_params(self) -> dict[str, Any]:
-        """The hyperparameters (:meth:`hashbench.method.HashMethod.get_params`), ``init`` left out at its
-        default ``"imagenet"`` (configurations from before the option keep their hashes)."""
+        """The hyperparameters (:meth:`hashbench.method.HashMethod.get_params`), ``init`` left out at
+        ``"imagenet"`` (configurations from before the option keep their hashes)."""
         params = super().get_params()
         if params.get("init", None) == "imagenet":
             del params["init"]

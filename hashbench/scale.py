@@ -301,7 +301,8 @@ def encode_distractors(
     seconds recorded when they were made."""
     for t in targets:
         consumes = set(t.method.consumes)
-        unsupported = consumes - {"maps", "features", "attributes"}
+        # "ide" is a training input only (the warm start of a deep method's top): encoding needs maps
+        unsupported = consumes - {"maps", "features", "attributes", "ide"}
         if unsupported:
             raise HashbenchError(
                 f"method {t.method.name!r} consumes {', '.join(sorted(unsupported))}: distractors are trunk "

@@ -37,7 +37,8 @@ class SyntheticBench:
         return self.prepared.view(split, frozenset(consumes))
 
     def context(self):
-        return self.prepared.context()
+        """The training context, lending the IDE stage's top (the deep methods' default ``init="ide"``)."""
+        return self.prepared.context({"ide"})
 
     def score(self, method) -> float:
         """mAP (%) of a fitted method's codes on the query/gallery splits."""
@@ -51,7 +52,8 @@ class SyntheticBench:
 def synthetic_bench(tmp_path_factory) -> SyntheticBench:
     """Synthetic pedestrians (60 train / 60 test ids, 128x64) through the trunk cache and a short IDE stage.
 
-    Provides the inputs every method may consume: adapted ``features``, trunk ``maps``, ``attributes``.
+    Provides the inputs every method may consume: adapted ``features``, trunk ``maps``, ``attributes``,
+    and the IDE stage's top (``ide``).
     """
     from hashbench.ide import IDEConfig
     from hashbench.pipeline import Pipeline, RunConfig
@@ -64,7 +66,7 @@ def synthetic_bench(tmp_path_factory) -> SyntheticBench:
         progress=False,
         cache_dir=tmp_path_factory.mktemp("synthetic-cache"),
     )
-    return SyntheticBench(Pipeline.setup(config).load({"features", "maps", "attributes"}))
+    return SyntheticBench(Pipeline.setup(config).load({"features", "maps", "attributes", "ide"}))
 
 
 @pytest.fixture(scope="session")

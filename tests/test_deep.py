@@ -135,8 +135,10 @@ def test_triplet_loss_matches_brute_force():
 
 
 def test_hyperparameters_and_finetune_injection():
-    assert PDH(bits=128).consumes == MAPS and DBH(bits=128).consumes == MAPS
-    assert PDH(bits=128, finetune="full").consumes == frozenset({"images"})
+    warm = MAPS | {"ide"}  # the default start: the IDE stage's top
+    assert PDH(bits=128).consumes == warm and DBH(bits=128).consumes == warm
+    assert PDH(bits=128, init="imagenet").consumes == MAPS
+    assert PDH(bits=128, finetune="full").consumes == frozenset({"images", "ide"})
     assert PDH.consumes == MAPS  # the class attribute is untouched
     with pytest.raises(HashbenchError):
         DBH(bits=128, finetune="half")
@@ -291,7 +293,7 @@ def test_finetune_full_one_step_on_tiny_images(cls, synthetic_bench):
     view = View("train", arrays.pids[index], arrays.camids[index], images=images)
     hp = {"batch_size": 4} if cls is DBH else {"P": 2, "K": 2}
     method = cls(bits=16, epochs=1, finetune="full", **hp)
-    assert method.consumes == frozenset({"images"})
+    assert method.consumes == frozenset({"images", "ide"})  # pixels, and the IDE top to start from
     ctx = synthetic_bench.context()
     trunk_before = [p.detach().clone() for p in ctx.backbone.trunk(ctx.cut).parameters()]
     method.fit(view, ctx)

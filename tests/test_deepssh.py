@@ -177,9 +177,11 @@ def test_same_seed_same_codes(synthetic_bench):
 
 # -- inputs and errors -----------------------------------------------------------------------------------
 def test_consumes_and_finetune_injection():
-    assert DeepSSH(bits=128).consumes == MAPS
+    assert (
+        DeepSSH(bits=128).consumes == MAPS | {"ide"} and DeepSSH(bits=128, init="imagenet").consumes == MAPS
+    )
     full = DeepSSH(bits=128, finetune="full")
-    assert full.consumes == frozenset({"images", "attributes"}) and DeepSSH.consumes == MAPS
+    assert full.consumes == frozenset({"images", "attributes", "ide"}) and DeepSSH.consumes == MAPS
     method = make_method(DeepSSH, 256, RunConfig(finetune="full", method_params={"deepssh": {"epochs": 2}}))
     assert (
         method.finetune == "full" and method.epochs == 2 and method.get_params()["semantic_fraction"] == 0.25
@@ -309,5 +311,7 @@ def test_balanced_attribute_loss_weighs_each_image_by_its_value():
 
 
 def test_attr_balance_enters_the_config_only_when_set():
-    assert "attr_balance" not in DeepSSH(bits=64).get_params()  # earlier cells keep their hashes
-    assert DeepSSH(bits=64, attr_balance=0.5).get_params()["attr_balance"] == 0.5
+    assert (
+        "attr_balance" not in DeepSSH(bits=64, attr_balance=0.0).get_params()
+    )  # earlier cells keep their hashes
+    assert DeepSSH(bits=64).get_params()["attr_balance"] == 0.5  # the default

@@ -21,11 +21,11 @@ from .tiny import tiny_run_config
 MAPS = frozenset({"maps"})
 
 
-def test_init_is_a_hyperparameter_left_out_at_its_default():
-    plain = DBH(bits=64)
+def test_init_is_a_hyperparameter_left_out_at_imagenet():
+    plain = DBH(bits=64, init="imagenet")
     assert "init" not in plain.get_params() and plain.consumes == MAPS  # old cells keep their hashes
-    warm = DBH(bits=64, init="ide")
-    assert warm.get_params()["init"] == "ide"
+    warm = DBH(bits=64)  # the default start
+    assert warm.init == "ide" and warm.get_params()["init"] == "ide"
     assert warm.consumes == MAPS | {"ide"} and DBH.consumes == MAPS  # the class attribute is untouched
     assert DeepSSH(bits=128, init="ide").consumes == {"maps", "attributes", "ide"}
     with pytest.raises(HashbenchError, match=r"dbh.init='imagenet1k': expected one of 'imagenet', 'ide'"):
@@ -87,7 +87,11 @@ def test_the_runner_trains_the_ide_stage_for_a_warm_start_and_records_its_key(tm
     assert record["config"]["params"]["init"] == "ide" and "ide" in record["consumes"]
     assert (tmp_path / "cache" / "ide" / record["keys"]["ide"]).is_dir()  # the stage it started from
     cold = tiny_run_config(
-        tmp_path, methods=["dbh"], bits=[16], reference=False, method_params={"dbh": {"epochs": 1}}
+        tmp_path,
+        methods=["dbh"],
+        bits=[16],
+        reference=False,
+        method_params={"dbh": {"epochs": 1, "init": "imagenet"}},
     )
     assert len(run(cold)) == 1  # another cell: the start is part of its configuration
     records = [json.loads(line) for line in (tmp_path / "res" / "configs.jsonl").read_text().splitlines()]

@@ -74,7 +74,9 @@ def test_deepssh_decoder_and_description_codes_work_after_restoring(finished):
     code, mask = method.attribute_code("gender=female,upper_color=red")
     assert code.shape == mask.shape == (32,) and 0 < mask.sum() < 32
     # the same as the method the run fitted: refit in-process (same seed) and compare
-    original = pipe.method("deepssh", 32).fit(pipe.view("train", method.consumes), pipe.context())
+    original = pipe.method("deepssh", 32).fit(
+        pipe.view("train", method.consumes), pipe.context(method.consumes)
+    )
     assert np.array_equal(original.predict_attributes(cell.codes("gallery")), predicted)
     want, got = original.attribute_code("gender=female"), method.attribute_code("gender=female")
     assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
@@ -142,7 +144,7 @@ def test_a_deep_method_trained_from_pixels_restores_its_whole_network(finished, 
     index = np.concatenate([np.flatnonzero(arrays.pids == p)[:2] for p in np.unique(arrays.pids)[:2]])
     images = ImageSource(pipe.dataset, [pipe.splits.records["train"][i] for i in index], pipe.input_size)
     view = View("train", arrays.pids[index], arrays.camids[index], images=images)
-    method = DBH(bits=16, epochs=1, batch_size=4, finetune="full").fit(view, pipe.context())
+    method = DBH(bits=16, epochs=1, batch_size=4, finetune="full", init="imagenet").fit(view, pipe.context())
     torch.save(method_state(method), tmp_path / "m.pt")
     restored = restore_method(read_state(tmp_path / "m.pt", "x"), pipe.registry, pipe.context())
     assert restored.consumes == frozenset({"images"}) and restored.history_ == method.history_

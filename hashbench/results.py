@@ -437,30 +437,23 @@ def git_commit(path: Path | None = None) -> str:
     committed ``results.csv`` leaves the next run's commit clean.
     """
     here = Path(path or Path(__file__).resolve().parent)
+
+    def git(*args: str, check: bool) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, check=check, timeout=10
+        ).stdout.strip()
+
     try:
-        root = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        sha = git("rev-parse", "--short=12", "HEAD", check=True)
+        # ":/" roots each path at the top of the work tree, wherever ``here`` lies in it
+        dirty = git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            *(f":/{p}" for p in CODE_PATHS),
+            check=False,
+        )
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -73,7 +73,7 @@ from .cells import Cell, load_cell
 from .durable import atomic_write_bytes, folder_lock
 from .errors import HashbenchError
 from .index import INDEXES, make_index, recall_at_k
-from .method import View, check_codes
+from .method import SPLIT_INPUTS, View, check_codes
 from .metrics import JUNK_PID, Evaluation, argsort_block
 from .results import (
     check_result_row,
@@ -300,9 +300,8 @@ def encode_distractors(
     (what the cell would cost alone), plus its own encoding; codes read from a target's cache count the
     seconds recorded when they were made."""
     for t in targets:
-        consumes = set(t.method.consumes)
-        # "ide" is a training input only (the warm start of a deep method's top): encoding needs maps
-        unsupported = consumes - {"maps", "features", "attributes", "ide"}
+        consumes = set(t.method.consumes) & set(SPLIT_INPUTS)  # what encoding reads (not the IDE top)
+        unsupported = consumes - {"maps", "features", "attributes"}
         if unsupported:
             raise HashbenchError(
                 f"method {t.method.name!r} consumes {', '.join(sorted(unsupported))}: distractors are trunk "

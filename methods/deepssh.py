@@ -408,14 +408,14 @@ class DeepSSH(DeepHashing):
     def attribute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Mean over groups (with a known label in the batch) of BCE / CE; and the mean accuracy."""
         losses, correct, known = [], 0.0, 0
+        weights = getattr(self, "_value_weights", None) if self.attr_balance else None
         for g, kind in enumerate(self._kinds):
             lo, hi = self._offsets[g], self._offsets[g + 1]
             y = labels[:, g]
             ok = (y >= 0) & (y < hi - lo if kind != "binary" else y < 2)
             if not ok.any():
                 continue
-            weights = getattr(self, "_value_weights", None)
-            w = None if weights is None or self.attr_balance == 0.0 else weights[g].to(y.device)[y[ok]]
+            w = None if weights is None else weights[g].to(y.device)[y[ok]]
             if kind == "binary":
                 x = logits[ok, lo]
                 each = F.binary_cross_entropy_with_logits(x, y[ok].float(), reduction="none")

@@ -253,7 +253,8 @@ def cmd_pick_alpha(args) -> int:
 
     if args.out:
         check_writable_file(args.out, "--out")
-    path = pick_alpha(args.validation, args.out)
+    configs = [h for h in (args.config or "").split(",") if h.strip()] or None
+    path = pick_alpha(args.validation, args.out, configs)
     print(path.read_text())
     print(f"written: {path}")
     return 0
@@ -598,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("validation", help="the validation results folder (e.g. results/market1501/validation)")
     s.add_argument("--out", help="file to write (default: VALIDATION/photo_description_alpha.csv)")
+    s.add_argument(
+        "--config",
+        help="config-hash prefixes (comma-separated, 4+ hex digits): choose on those cells only "
+        "(default: the latest row per method and length)",
+    )
     s.set_defaults(func=cmd_pick_alpha)
 
     s = sub.add_parser("leaderboard", help="LEADERBOARD.md from every committed results.csv under a folder")

@@ -268,6 +268,25 @@ def test_old_files_read_as_naive_bayes_and_the_alpha_is_picked_on_validation(tmp
     assert main(["pick-alpha", str(tmp_path / "nowhere")]) == 2
 
 
+def test_pick_alpha_chooses_on_the_named_configuration_only(tmp_path, capsys):
+    # a tuning sweep: two configurations of itq in one validation folder, the second one the latest
+    val = tmp_path / "val"
+    for n_iter in (50, 3):
+        run(tiny(tmp_path, methods=["itq"], holdout=4, out=val, method_params={"itq": {"n_iter": n_iter}}))
+    rows = list(csv.DictReader(open(val / "results.csv")))
+    first, latest = rows[0]["config_hash"], rows[-1]["config_hash"]
+    assert first != latest
+    assert main(["pick-alpha", str(val)]) == 0
+    assert {r["config_hash"] for r in csv.DictReader(open(val / "photo_description_alpha.csv"))} == {latest}
+    assert main(["pick-alpha", str(val), "--config", first[:6]]) == 0
+    assert {r["config_hash"] for r in csv.DictReader(open(val / "photo_description_alpha.csv"))} == {first}
+    capsys.readouterr()
+    for bad in ("zz12", "abc", "0000000"):  # not hex, too short, no such row
+        assert main(["pick-alpha", str(val), "--config", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--config" in err[0], err
+
+
 def test_balanced_accuracy_by_hand():
     # value 0: 2 of 3 right, value 1: 1 of 1 -> (2/3 + 1) / 2; always-majority would score 1/2
     bal, se, k = balanced_accuracy(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), np.array([5, 5, 6, 7]))

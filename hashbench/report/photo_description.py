@@ -72,12 +72,21 @@ def load_photo_description(
     return pdf.reset_index(drop=True)
 
 
-def pick_alpha(validation_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Choose alpha on a validation run's photo + description rows and record it (module docstring)."""
+def pick_alpha(
+    validation_dir: str | Path, out: str | Path | None = None, configs: list[str] | None = None
+) -> Path:
+    """Choose alpha on a validation run's photo + description rows and record it (module docstring).
+
+    ``configs`` (config-hash prefixes, 4+ hex digits each) restricts the choice to those cells: a
+    validation folder that holds several configurations of a method (a tuning sweep) would otherwise
+    give the latest row per (method, bits), which need not be the configuration the test run uses.
+    """
     from .selection import load_results
 
     validation_dir = Path(validation_dir)
     df = load_results(validation_dir)
+    if configs:
+        df = rows_of_configs(df, configs, validation_dir)
     pdf = load_photo_description(validation_dir, df)
     if pdf is None or pdf.empty:
         raise HashbenchError(
@@ -107,6 +116,24 @@ def pick_alpha(validation_dir: str | Path, out: str | Path | None = None) -> Pat
     writer.writerows(rows)
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
+
+
+def rows_of_configs(df: pd.DataFrame, prefixes: list[str], where: Path) -> pd.DataFrame:
+    """The rows of ``df`` whose config hash starts with one of ``prefixes``; a one-line error for a
+    malformed prefix or one that matches no row (``--config``)."""
+    hashes = df["config_hash"].astype(str) if "config_hash" in df.columns else pd.Series([""] * len(df))
+    keep = np.zeros(len(df), dtype=bool)
+    for prefix in prefixes:
+        prefix = prefix.strip().lower()
+        if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
+            raise HashbenchError(f"--config {prefix!r}: expected at least 4 hex digits of a config_hash")
+        hit = hashes.str.startswith(prefix).to_numpy()
+        if not hit.any():
+            raise HashbenchError(
+                f"--config {prefix!r}: no row of {where / 'results.csv'} has that config hash"
+            )
+        keep |= hit
+    return df[keep]
 
 
 def read_alpha_choice(path: str | Path) -> dict[tuple[str, int, str, str], float]:

@@ -127,7 +127,8 @@ def ray_cells(config: RunConfig, pipe: Pipeline, jobs: Sequence[Job]) -> Iterato
             retry_exceptions=False,
             name="hashbench-cell",
         )
-        worker_config = dataclasses.replace(config, progress=False)
+        # the driver's resolved engine: a worker must not resolve "auto" on its own (other keys)
+        worker_config = dataclasses.replace(config, progress=False, engine=pipe.engine)
         threads = threads_of(config.ray_cpus_per_cell)
         refs = {
             task.remote(worker_config, job.name, job.bits, job.chash, job.tag, threads): job for job in jobs

@@ -34,7 +34,7 @@ import torch
 from . import metrics, search
 from .backbones import Backbone, to_tensor
 from .data import AttributeTable, Dataset, Splits, check_attribute_coverage, holdout_splits
-from .engines import check_engine
+from .engines import AUTO, resolve_engine
 from .errors import HashbenchError
 from .features import FeatureCache, ImageSource, resolve_device, trunk_key
 from .ide import IDEConfig, IDEModel, adapted_features, embed_maps, load_ide_model
@@ -80,7 +80,7 @@ class RunConfig:
     decoders: Sequence[str] = ("naive-bayes", "logistic")  # generic attribute decoders (hashbench.decoders)
     decoder_params: dict[str, dict] = field(default_factory=dict)  # decoder name -> hyperparameters
     photo_description: bool = True  # photo + description queries per cell (with attribute_queries)
-    engine: str = "torch"  # what runs the trunk for the feature cache (hashbench.engines)
+    engine: str = AUTO  # what runs the trunk for the feature cache (hashbench.engines.resolve_engine)
     # where the cells are computed (hashbench.distributed); none of these enter a cell's configuration
     executor: str = "local"  # "local": this process, one cell after another; "ray": Ray tasks
     ray_address: str | None = None  # an existing Ray cluster ("auto", "HOST:6379"); None: a local one
@@ -177,7 +177,7 @@ class Pipeline:
                 self.name,
             )
         self.device = resolve_device(config.device)
-        check_engine(config.engine, self.device)
+        self.engine = resolve_engine(config.engine, self.device)  # auto: onnxruntime on the CPU
         self.cache_root = resolve_cache_dir(config.cache_dir)
         self.input_size = tuple(config.input_size or dataset.default_input_size)
         self.backbone = backbone.load_weights(self.cache_root)
@@ -187,7 +187,7 @@ class Pipeline:
             "dataset %s: %s", dataset.name, ", ".join(f"{k} {len(v)}" for k, v in splits.records.items())
         )
 
-        trunk = trunk_key(dataset, backbone, self.cut, self.input_size, config.engine)
+        trunk = trunk_key(dataset, backbone, self.cut, self.input_size, self.engine)
         holdout = {"ids": config.holdout, "seed": config.seed} if config.holdout else None
         if holdout and config.holdout_distractors:  # (absent when 0: earlier runs keep their keys)
             holdout["distractor_ids"] = config.holdout_distractors
@@ -204,8 +204,8 @@ class Pipeline:
         }
         if holdout:
             self.base_config["holdout"] = holdout
-        if config.engine != "torch":  # maps of another engine differ in rounding: other cells
-            self.base_config["engine"] = config.engine
+        if self.engine != "torch":  # maps of another engine differ in rounding: other cells
+            self.base_config["engine"] = self.engine
         self.inputs: dict[str, dict] = {}  # input name -> split -> array (or ImageSource)
         self.ide_top: dict | None = None  # the IDE stage's top (state_dict), once "ide" is loaded
         self.timings: dict = {}

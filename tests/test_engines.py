@@ -14,7 +14,7 @@ import torch
 
 from hashbench.backbones import to_tensor
 from hashbench.backbones.mobilenetv2 import MobileNetV2
-from hashbench.engines import ENGINES, check_engine, make_engine
+from hashbench.engines import ENGINES, check_engine, make_engine, resolve_engine
 from hashbench.errors import HashbenchError
 from hashbench.features import FeatureCache, prefetched, trunk_key
 from hashbench.keys import TrunkKey, digest_of
@@ -89,8 +89,12 @@ def test_maps_equal_torch_on_market_images(engine, mobilenet, market_root):
 
 
 def test_unknown_engine_and_cuda_are_one_line_errors():
-    with pytest.raises(HashbenchError, match=r"--engine 'tensorrt': expected one of torch, onnxruntime"):
+    with pytest.raises(
+        HashbenchError, match=r"--engine 'tensorrt': expected auto or one of torch, onnxruntime"
+    ):
         check_engine("tensorrt")
+    with pytest.raises(HashbenchError, match=r"--engine 'tensorrt'"):
+        resolve_engine("tensorrt")
     for engine in ENGINES[1:]:
         with pytest.raises(HashbenchError, match=f"--engine {engine} runs on the CPU only"):
             check_engine(engine, "cuda")
@@ -104,6 +108,34 @@ def test_engine_is_part_of_the_key_and_torch_keys_are_unchanged():
     assert key.digest() == digest_of(legacy)  # caches and rows made before engines existed still match
     other = replace(key, engine="onnxruntime")
     assert other.spec()["engine"] == "onnxruntime" and other.digest() != key.digest()
+
+
+def test_auto_is_onnxruntime_on_the_cpu_where_installed_else_torch(monkeypatch):
+    import importlib.util
+
+    have = _installed("onnxruntime", "onnx")
+    assert resolve_engine("auto") == ("onnxruntime" if have else "torch")
+    assert resolve_engine("auto", "cuda") == "torch"  # the CPU engines never run on CUDA
+    assert resolve_engine("torch") == "torch" and resolve_engine("auto", torch.device("cpu")) in ENGINES
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m, *a: None if m == "onnxruntime" else real(m, *a)
+    )
+    assert resolve_engine("auto") == "torch"  # the fallback where ONNX Runtime is missing
+
+
+def test_a_default_run_records_its_resolved_engine(tmp_path):
+    """The default (auto) run's config names the engine it resolved to; --engine torch records none."""
+    from hashbench.pipeline import Pipeline, RunConfig
+
+    base = dict(dataset="synthetic", dataset_options={"n_train_ids": 4, "n_test_ids": 4}, device="cpu")
+    auto = Pipeline.setup(RunConfig(**base, cache_dir=tmp_path))
+    torch_run = Pipeline.setup(RunConfig(**base, cache_dir=tmp_path, engine="torch"))
+    assert auto.engine == resolve_engine("auto") and torch_run.engine == "torch"
+    assert "engine" not in torch_run.base_config and torch_run.keys.trunk.engine == "torch"
+    if auto.engine != "torch":
+        assert auto.base_config["engine"] == auto.engine == auto.keys.trunk.engine
+        assert auto.keys.trunk.digest() != torch_run.keys.trunk.digest()
 
 
 def test_cache_entries_of_two_engines_are_apart(tmp_path, mobilenet):

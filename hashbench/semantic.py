@@ -467,24 +467,53 @@ def ap_and_rank1(
     """Per query AP and rank-1 hit of float distances (q, ng), Market-1501 protocol, ties by gallery
     order: the numbers :func:`hashbench.metrics.evaluate_rankings` gives for the stable ranking, without
     sorting the gallery. A positive's rank is 1 + the valid (not junk) items before it: smaller distance,
-    or equal and earlier in the gallery. AP and the hit are NaN / False for a query without positives."""
+    or equal and earlier in the gallery. AP and the hit are NaN / False for a query without positives.
+
+    The protocol's masks of a query do not depend on the distances: :func:`protocol_masks` builds them
+    once, :func:`ap_and_rank1_of` scores a distance matrix with them (photo + description scores a dozen
+    distance matrices of the same queries)."""
+    return ap_and_rank1_of(dist, protocol_masks(q_pids, q_camids, g_pids, g_camids))
+
+
+def protocol_masks(
+    q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per query: (its valid gallery indices, the positions of its positives among them), or ``None``
+    for a query without positives. Junk: the same identity and camera, and identity -1."""
+    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
+    g_junk = g_pids == -1
+    out: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for pid, cam in zip(np.asarray(q_pids), np.asarray(q_camids), strict=True):
+        same = g_pids == pid
+        valid = np.flatnonzero(~((same & (g_camids == cam)) | g_junk))
+        pos = np.flatnonzero(same[valid])  # positions in ``valid``, increasing: gallery order
+        out.append((valid, pos) if len(pos) else None)
+    return out
+
+
+def ap_and_rank1_of(
+    dist: np.ndarray, masks: list[tuple[np.ndarray, np.ndarray] | None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ap_and_rank1` with the masks of :func:`protocol_masks`.
+
+    A positive's rank counts the valid items with a smaller distance (one comparison of the valid
+    distances with every positive's, counted per positive) and those with an equal distance earlier in
+    the gallery (the valid items before it only). About 3 times faster than comparing (distance, gallery
+    position) pairs in one pass on Market-1501's gallery; the same numbers."""
     nq = len(dist)
     ap = np.full(nq, np.nan)
     hit = np.zeros(nq, dtype=bool)
-    g_junk = g_pids == -1
-    index = np.arange(len(g_pids))
-    for i in range(nq):
-        same = g_pids == q_pids[i]
-        junk = (same & (g_camids == q_camids[i])) | g_junk
-        d = dist[i]
-        valid = ~junk
-        pos = np.flatnonzero(same & valid)
-        if len(pos) == 0:
+    for i, m in enumerate(masks):
+        if m is None:
             continue
-        dv, iv = d[valid], index[valid]
-        dp = d[pos]
-        before = (dv[None, :] < dp[:, None]) | ((dv[None, :] == dp[:, None]) & (iv[None, :] < pos[:, None]))
-        rank = np.sort(before.sum(1) + 1)
+        valid, pos = m
+        dv = dist[i, valid]
+        dp = dv[pos]
+        less = np.count_nonzero(dv[None, :] < dp[:, None], axis=1)
+        tied = np.array(
+            [np.count_nonzero(dv[:p] == x) for p, x in zip(pos.tolist(), dp.tolist(), strict=True)]
+        )
+        rank = np.sort(less + tied + 1)
         ap[i] = float((np.arange(1, len(pos) + 1) / rank).mean())
         hit[i] = rank[0] == 1
     return ap, hit
@@ -557,9 +586,10 @@ def evaluate_photo_description(
         e = min(s + chunk, len(q))
         ham = search.hamming_distances(search.pack_codes(q[s:e]), gp).astype(np.float64) / decoder.bits_
         costs = {kind: decoder.description_cost(p[s:e], g, scores=scores) for kind, p in picks.items()}
+        masks = protocol_masks(q_pids[s:e], q_cams[s:e], g_pids, g_cams)  # once for every setting
         for kind, a in settings:
             dist = ham if kind == "none" else ham + a * costs[kind]
-            ap[kind, a][s:e], hit[kind, a][s:e] = ap_and_rank1(dist, q_pids[s:e], q_cams[s:e], g_pids, g_cams)
+            ap[kind, a][s:e], hit[kind, a][s:e] = ap_and_rank1_of(dist, masks)
     rows = []
     for kind, a in settings:
         valid = ~np.isnan(ap[kind, a])

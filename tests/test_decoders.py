@@ -161,18 +161,34 @@ def test_decoder_errors_are_one_line():
     assert "(4, 3)" in error(lambda: LogisticDecoder(SCHEMA).fit(codes, np.zeros((4, 2), int)))
 
 
-def test_ap_and_rank1_are_those_of_the_stable_ranking():
+@pytest.mark.parametrize("kind", ["integers", "photo+description", "continuous"])
+def test_ap_and_rank1_are_those_of_the_stable_ranking(kind):
     rng = np.random.default_rng(3)
     nq, ng = 40, 300
     dist = rng.integers(0, 6, (nq, ng)).astype(float)  # many ties
+    if (
+        kind == "photo+description"
+    ):  # hamming / bits + alpha * cost, the cost shared by equal codes: ties left
+        dist = dist / 8 + 0.3 * rng.integers(0, 4, ng)[None, :] / 7
+    elif kind == "continuous":
+        dist = rng.random((nq, ng))
     g_pids = rng.integers(-1, 12, ng)
     g_cams = rng.integers(0, 3, ng)
     q_pids, q_cams = rng.integers(1, 12, nq), rng.integers(0, 3, nq)
+    q_pids[0] = 99  # no positive: NaN, no hit
     ev = evaluate_rankings(rank_by_distance(dist), q_pids, q_cams, g_pids, g_cams)
     ap, hit = ap_and_rank1(dist, q_pids, q_cams, g_pids, g_cams)
+    assert np.isnan(ap[0]) and not hit[0]
     valid = ~np.isnan(ap)
     np.testing.assert_allclose(ap[valid].mean(), ev.mAP, rtol=1e-12)
     assert hit[valid].mean() == pytest.approx(ev.cmc[0])
+    for i in np.flatnonzero(valid)[:10]:  # query by query: its AP from the ranking by hand
+        order = np.argsort(dist[i], kind="stable")
+        junk = (g_pids[order] == -1) | ((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))
+        good = (g_pids[order] == q_pids[i])[~junk]
+        ranks = np.flatnonzero(good) + 1
+        assert ap[i] == pytest.approx(np.mean(np.arange(1, len(ranks) + 1) / ranks), abs=1e-12)
+        assert hit[i] == (ranks[0] == 1)
 
 
 def test_photo_description_at_alpha_zero_is_the_photo_alone_and_a_description_helps():

@@ -722,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         default="torch",
         help="what runs the networks (the IDE model, a deep method's) on the distractors: torch (default), "
-        "or onnxruntime (CPU, pip install -e .[engines]; about 4x faster; the codes it moves on the test "
+        "or onnxruntime (CPU; about 4x faster; the codes it moves on the test "
         "gallery are counted in every row)",
     )
     s.add_argument(

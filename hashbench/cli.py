@@ -149,6 +149,7 @@ def run_config_of_args(args):
         decoders=parse_decoders(args.decoders),
         decoder_params=parse_params(args.decoder_param, option="--decoder-param"),
         photo_description=not args.no_photo_description,
+        photo_description_alphas=args.photo_description_alphas,
         progress=not args.no_progress,
     )
 
@@ -543,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-photo-description",
         action="store_true",
         help="skip the photo + description queries of each cell (photo_description.csv)",
+    )
+    s.add_argument(
+        "--photo-description-alphas",
+        default="all",
+        help="photo + description at every alpha (all, default) or at 0 and the alphas `hashbench "
+        "pick-alpha` recorded in OUT/validation (validation: what the report shows, at most 5 of 13 settings)",
     )
     add_decoder_param(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bars")

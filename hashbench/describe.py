@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,7 @@ from .data import AttributeTable
 from .decoders import Decoder
 from .keys import digest_of
 from .results import AQ_NAME, ResultStore, now, read_store_frame
-from .semantic import ORACLE, evaluate_attribute_queries, evaluate_oracle, evaluate_photo_description
+from .semantic import ALPHAS, ORACLE, evaluate_attribute_queries, evaluate_oracle, evaluate_photo_description
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,11 @@ def describe_cell(
     prov: dict,
     photo_description: bool = True,
     tag: str = "",
+    alphas_of: Callable[[str], Sequence[float]] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """(attribute-query rows, photo + description rows) of one cell, every decoder; ``key``: dataset,
-    method, bits; ``prov``: config_hash, commit, seed."""
+    method, bits; ``prov``: config_hash, commit, seed; ``alphas_of``: decoder name -> the alphas of its
+    photo + description rows (default: :data:`hashbench.semantic.ALPHAS`)."""
     aq_rows, pd_rows = [], []
     date = now()
     seed = int(prov["seed"])
@@ -88,6 +90,7 @@ def describe_cell(
                 cell.gallery_pids,
                 cell.gallery_camids,
                 cell.table,
+                alphas=ALPHAS if alphas_of is None else alphas_of(decoder.name),
                 seed=seed,
             )
             pd_rows += [{**common, **r, **prov, "date": date} for r in pdf.to_dict("records")]

@@ -80,6 +80,12 @@ class RunConfig:
     decoders: Sequence[str] = ("naive-bayes", "logistic")  # generic attribute decoders (hashbench.decoders)
     decoder_params: dict[str, dict] = field(default_factory=dict)  # decoder name -> hyperparameters
     photo_description: bool = True  # photo + description queries per cell (with attribute_queries)
+    # "all": every alpha of hashbench.semantic.ALPHAS; "validation": 0 and the alphas `pick-alpha` recorded
+    # in <out>/validation/photo_description_alpha.csv for the cell (none recorded: the photo alone)
+    photo_description_alphas: str = "all"
+    # filled by the runner in "validation" mode: (method, bits, decoder, description) -> alpha, read once
+    # on the driver (so Ray workers need not reach the file)
+    alpha_choice: dict | None = None
     engine: str = AUTO  # what runs the trunk for the feature cache (hashbench.engines.resolve_engine)
     # where the cells are computed (hashbench.distributed); none of these enter a cell's configuration
     executor: str = "local"  # "local": this process, one cell after another; "ray": Ray tasks

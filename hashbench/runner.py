@@ -15,6 +15,7 @@ configuration record, attribute-query rows, then the row), so resuming works the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -114,7 +115,43 @@ def attribute_query_rows(
         table=table,
     )
     key = {"dataset": pipe.name, "method": name, "bits": bits}
-    return describe_cell(decoders, cell, key, {"seed": seed}, pipe.config.photo_description, tag)
+    choice = pipe.config.alpha_choice
+    alphas_of = None
+    if choice is not None:  # 0 (the photo alone) and the alphas chosen on held-out identities for the cell
+
+        def alphas_of(decoder: str) -> list[float]:
+            return sorted(
+                {0.0} | {a for (m, b, d, _), a in choice.items() if (m, b, d) == (name, bits, decoder)}
+            )
+
+    return describe_cell(decoders, cell, key, {"seed": seed}, pipe.config.photo_description, tag, alphas_of)
+
+
+def with_alpha_choice(config: RunConfig) -> RunConfig:
+    """``config`` with the validation choice of alpha read in, for ``photo_description_alphas="validation"``
+    (``--photo-description-alphas``): photo + description is then scored at alpha 0 and at the alphas
+    ``hashbench pick-alpha`` recorded in ``<out>/validation/photo_description_alpha.csv`` only (at most 5 of
+    the 13 settings per decoder where a choice exists, the photo alone where none does), which the report shows;
+    ``"all"`` scores every alpha. One-line errors for another mode, a ``--holdout`` run (alpha is chosen on
+    those rows) and a missing file."""
+    mode = config.photo_description_alphas
+    if mode == "all":
+        return config
+    option = "--photo-description-alphas"
+    if mode != "validation":
+        raise HashbenchError(f"{option} {mode!r}: expected all or validation")
+    if config.holdout:
+        raise HashbenchError(f"{option} validation: a --holdout run is where alpha is chosen; use all")
+    from .report.photo_description import ALPHA_NAME, read_alpha_choice
+
+    path = config.results_dir() / "validation" / ALPHA_NAME
+    if not path.is_file():
+        raise HashbenchError(
+            f"{option} validation: no {path} (run `hashbench pick-alpha` on a --holdout run first)"
+        )
+    choice = read_alpha_choice(path)
+    log.info("photo + description at alpha 0 and the %d choices of %s", len(choice), path)
+    return dataclasses.replace(config, alpha_choice=choice)
 
 
 def run_oracle(pipe: Pipeline, store: ResultStore, commit: str) -> None:
@@ -246,6 +283,7 @@ def run(
     check_writable_dir(config.results_dir(), "--out")
     check_writable_dir(resolve_cache_dir(config.cache_dir), "--cache-dir")
     check_executor(config)  # --executor ray without Ray: one line before any work
+    config = with_alpha_choice(config)
     store = ResultStore(config.results_dir())
     store.sweep()  # temp files of a run killed mid-write
     seed_everything(config.seed)

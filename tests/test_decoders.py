@@ -303,6 +303,46 @@ def test_pick_alpha_chooses_on_the_named_configuration_only(tmp_path, capsys):
         assert len(err) == 1 and "--config" in err[0], err
 
 
+def test_photo_description_at_the_validation_alphas_only(tmp_path, capsys):
+    """--photo-description-alphas validation: rows at 0 and the recorded alphas only, the same numbers."""
+    from hashbench.report import write_report
+
+    res_all, res_val = tmp_path / "all", tmp_path / "val"
+    for res in (res_all, res_val):  # the same held-out choice beside both test runs
+        run(tiny(tmp_path, methods=["lsh"], holdout=4, out=res / "validation"))
+        assert main(["pick-alpha", str(res / "validation")]) == 0
+    run(tiny(tmp_path, methods=["lsh"], out=res_all))
+    run(tiny(tmp_path, methods=["lsh"], out=res_val, photo_description_alphas="validation"))
+    every = pd.read_csv(res_all / "photo_description.csv")
+    chosen = pd.read_csv(res_val / "photo_description.csv")
+    choice = pd.read_csv(res_val / "validation" / "photo_description_alpha.csv")
+    for decoder, part in chosen.groupby("decoder"):
+        want = {0.0} | set(choice[(choice["decoder"] == decoder) & (choice["bits"] == 32)]["alpha"])
+        assert set(part["alpha"]) == want and len(want) < len(set(every["alpha"]))
+    key = ["method", "bits", "decoder", "description", "alpha"]
+    both = chosen.merge(every, on=key, suffixes=("", "_all"))
+    assert len(both) == len(chosen)
+    np.testing.assert_allclose(both["map"], both["map_all"])
+    np.testing.assert_allclose(both["rank1"], both["rank1_all"])
+
+    def decoder_rows(res):  # the search-by-description and photo + description tables (costs vary)
+        md = write_report(res).markdown.splitlines()
+        return [x for x in md if x.startswith("| lsh") and ("naive-bayes" in x or "logistic" in x)]
+
+    rows = decoder_rows(res_val)
+    assert any("–" not in x for x in rows) and rows == decoder_rows(res_all)
+    # one-line errors: no choice recorded, a validation run, another mode
+    capsys.readouterr()
+    for args in (
+        ["--out", str(tmp_path / "none"), "--photo-description-alphas", "validation"],
+        ["--out", str(tmp_path / "h"), "--holdout", "4", "--photo-description-alphas", "validation"],
+        ["--out", str(tmp_path / "x"), "--photo-description-alphas", "some"],
+    ):
+        assert main(["run", "--dataset", "synthetic", "--methods", "lsh", "--bits", "32", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--photo-description-alphas" in err[0], err
+
+
 def test_balanced_accuracy_by_hand():
     # value 0: 2 of 3 right, value 1: 1 of 1 -> (2/3 + 1) / 2; always-majority would score 1/2
     bal, se, k = balanced_accuracy(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), np.array([5, 5, 6, 7]))

@@ -82,12 +82,19 @@ def recorded_layout(results_dir: Path, config_hash: str) -> dict[str, tuple[int,
     return {str(k): (int(v[0]), int(v[1])) for k, v in layout.items()} if layout else None
 
 
+def hash_prefix(prefix: str, label: str = "config hash") -> str:
+    """``prefix`` stripped and lower-cased; a one-line error (``label`` first) unless it is at least 4 hex
+    digits of a config hash."""
+    prefix = prefix.strip().lower()
+    if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
+        raise HashbenchError(f"{label} {prefix!r}: expected at least 4 hex digits of a config_hash")
+    return prefix
+
+
 def find_config(prefix: str, root: Path) -> tuple[Path, dict]:
     """The record whose hash starts with ``prefix`` in any ``configs.jsonl`` under ``root`` (or in the
     folder ``root`` itself); one-line errors when none or several match."""
-    prefix = prefix.strip().lower()
-    if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
-        raise HashbenchError(f"config hash {prefix!r}: expected at least 4 hex digits of a config_hash")
+    prefix = hash_prefix(prefix)
     root = Path(root)
     if not root.exists():
         raise HashbenchError(f"--results {root}: no such file or directory")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from ..configs import hash_prefix
 from ..durable import atomic_write_bytes
 from ..errors import HashbenchError
 from ..results import PD_NAME, latest_positions, now, read_store_frame
@@ -124,9 +125,7 @@ def rows_of_configs(df: pd.DataFrame, prefixes: list[str], where: Path) -> pd.Da
     hashes = df["config_hash"].astype(str) if "config_hash" in df.columns else pd.Series([""] * len(df))
     keep = np.zeros(len(df), dtype=bool)
     for prefix in prefixes:
-        prefix = prefix.strip().lower()
-        if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
-            raise HashbenchError(f"--config {prefix!r}: expected at least 4 hex digits of a config_hash")
+        prefix = hash_prefix(prefix, "--config")
         hit = hashes.str.startswith(prefix).to_numpy()
         if not hit.any():
             raise HashbenchError(

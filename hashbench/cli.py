@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         default="auto",
         help="what runs the frozen trunk when maps are extracted: auto (default: onnxruntime on the CPU "
-        "where installed, else torch), torch, onnxruntime or openvino (CPU; 3-5x torch's speed on 2 cores, "
+        "where installed, else torch), torch, onnxruntime or openvino (CPU; onnxruntime 2.3-3.9x on 2 cores, "
         "maps equal within float16 rounding, cached apart, recorded in the config)",
     )
     s.add_argument(

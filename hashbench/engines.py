@@ -4,8 +4,9 @@
                  hashbench), else ``torch`` (on CUDA, or without ONNX Runtime); :func:`resolve_engine`;
 ``torch``        eager PyTorch, channels-last (CPU or CUDA);
 ``onnxruntime``  the trunk exported to ONNX (``torch.onnx.export``, TorchScript exporter, dynamic batch)
-                 and run by ONNX Runtime's CPU provider (``pip install onnxruntime onnx``): about 3 to
-                 4 times eager torch's images per second on 2 cores (README, "Faster extraction");
+                 and run by ONNX Runtime's CPU provider (``pip install onnxruntime onnx``): 2.3 to 3.9
+                 times the images per second of extraction before engines, measured on two 2-core
+                 machines (README, "Trunk engines");
 ``openvino``     the trunk converted by ``openvino.convert_model`` and compiled for the CPU with the
                  latency hint (``pip install openvino``).
 
@@ -53,18 +54,20 @@ def resolve_engine(name: str, device: torch.device | str = "cpu") -> str:
     """The engine a run uses: ``auto`` is ``onnxruntime`` on the CPU when ONNX Runtime and ONNX are
     installed, else ``torch``; any other name is checked (:func:`check_engine`) and returned."""
     if name == AUTO:
-        import importlib.util
-
-        have = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
-        return "onnxruntime" if have and torch.device(device).type == "cpu" else "torch"
+        cpu = torch.device(device).type == "cpu"
+        return "onnxruntime" if cpu and not _missing("onnxruntime", "onnx") else "torch"
     check_engine(name, device)
     return name
 
 
-def _require(*modules: str) -> None:
+def _missing(*modules: str) -> list[str]:
     import importlib.util
 
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def _require(*modules: str) -> None:
+    missing = _missing(*modules)
     if missing:
         raise HashbenchError(
             f"--engine needs {', '.join(missing)}: pip install {' '.join(missing)} (or use --engine torch)"

@@ -498,8 +498,8 @@ def ap_and_rank1_of(
 
     A positive's rank counts the valid items with a smaller distance (one comparison of the valid
     distances with every positive's, counted per positive) and those with an equal distance earlier in
-    the gallery (the valid items before it only). About 3 times faster than comparing (distance, gallery
-    position) pairs in one pass on Market-1501's gallery; the same numbers."""
+    the gallery (the valid items before it only): the same numbers as comparing (distance, gallery
+    position) pairs in one pass, 1.4 times faster on Market-1501's queries and gallery (profiled)."""
     nq = len(dist)
     ap = np.full(nq, np.nan)
     hit = np.zeros(nq, dtype=bool)

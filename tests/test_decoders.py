@@ -220,6 +220,62 @@ def test_photo_description_at_alpha_zero_is_the_photo_alone_and_a_description_he
         assert full["map"].max() > none["map"]  # the identity's full description adds to the photo
 
 
+def test_threads_change_no_figure_and_the_query_draws_are_shared(monkeypatch, caplog):
+    """The logistic decoder's groups, photo + description's query chunks and the attribute queries'
+    chunks run on threads, and the attribute queries are drawn once per (identities, n, draws, seed):
+    every figure equals that of one thread with nothing cached."""
+    import hashbench.decoders as decoders_module
+    import hashbench.semantic as semantic_module
+    from hashbench import metrics
+
+    rng = np.random.default_rng(8)
+    ids = np.stack([rng.integers(0, k, 60) for k in SIZES], 1)
+    ids[3, 1] = -1  # an unknown value: that identity's queries skip the group
+    train = np.repeat(np.arange(30), 6)
+    g_pids = np.repeat(np.arange(31, 61), 5)
+    g_cams = np.tile([0, 1, 0, 1, 1], 30)
+    q_pids = np.arange(31, 61)
+    table = AttributeTable(SCHEMA, np.arange(1, 61), ids)
+    tr_codes = planted(rng, ids[train], 64, 1.0)
+    q_codes, g_codes = planted(rng, ids[q_pids - 1], 64, 1.0), planted(rng, ids[g_pids - 1], 64, 1.0)
+
+    def figures():
+        lr = LogisticDecoder(SCHEMA, max_iter=1).fit(tr_codes, ids[train])
+        aq = evaluate_attribute_queries(lr, g_codes, g_pids, table, chunk=7)
+        pdf = evaluate_photo_description(
+            lr, q_codes, q_pids, np.full(30, 2), g_codes, g_pids, g_cams, table, chunk=4
+        )
+        return lr, aq, pdf
+
+    semantic_module._query_plan.cache_clear()
+    with caplog.at_level("INFO", logger="hashbench.decoders"):
+        lr, aq, pdf = figures()
+    # max_iter=1 stops every group's L-BFGS early: said once, naming the groups (from n_iter_)
+    assert "stopped at max_iter=1 for gender, color, bag" in caplog.text
+    hits = semantic_module._query_plan.cache_info().hits
+    again = figures()[1]
+    assert semantic_module._query_plan.cache_info().hits > hits  # the second decoder's draws: cached
+    pd.testing.assert_frame_equal(aq, again)
+    q_id, groups = semantic_module._query_plan.__wrapped__(
+        np.arange(31, 61, dtype=np.int64).tobytes(),
+        np.packbits(ids[30:] >= 0, axis=1).tobytes(),
+        (30, 3),
+        2,
+        5,
+        0,
+    )
+    assert not groups.flags.writeable and groups.shape == (len(q_id), 2)
+    assert (q_id[:3] == 0).all()  # identity 31's three pairs of groups first, in draw order
+    serial = lambda n, chunk, work, threads=None: metrics.run_chunks(n, chunk, work, threads=1)  # noqa: E731
+    monkeypatch.setattr(semantic_module, "run_chunks", serial)
+    monkeypatch.setattr(decoders_module, "default_threads", lambda: 1)
+    semantic_module._query_plan.cache_clear()
+    lr1, aq1, pdf1 = figures()
+    assert np.array_equal(lr1.coef_, lr.coef_) and np.array_equal(lr1.intercept_, lr.intercept_)
+    pd.testing.assert_frame_equal(aq1, aq)
+    pd.testing.assert_frame_equal(pdf1, pdf)
+
+
 def tiny(tmp_path, **kw):
     return tiny_run_config(tmp_path, **{"methods": ["lsh", "itq"], "bits": [32], "reference": False, **kw})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from hashbench.report import (
     MODERN_ORDER,
     PROTOCOL,
     cmc_curves,
+    cost_devices,
     cost_table,
     load_paper,
     load_results,
@@ -24,6 +26,7 @@ from hashbench.report import (
     plot_cmc,
     plot_map_vs_bits,
     render,
+    render_costs,
     select_latest,
     write_report,
 )
@@ -376,6 +379,16 @@ def test_cost_table_sums_each_methods_cells(tmp_path: Path) -> None:
     assert table.loc["lsh", "bytes / code"] == "16"
     assert table.loc["*ide-float*", "bits"] == "float"
     assert table.loc["**all**", "wall min (all cells)"] == f"**{(130 + 260 + 2 + 1) / 60:.1f}**"
+    # the machine the times come from is named; cells of several machines are counted per machine
+    assert cost_devices(load_results(store)) == Counter({"cpu": 4})
+    assert "Measured on" not in render_costs(table)
+    one = render_costs(table, Counter({"cpu (2 threads, AMD EPYC family 23 model 1, x86_64)": 4}))
+    assert "Measured on cpu (2 threads, AMD EPYC family 23 model 1, x86_64)." in one
+    two = render_costs(table, Counter({"cpu (2 threads, A, x86_64)": 3, "cpu (2 threads, B, x86_64)": 1}))
+    assert (
+        "Measured on 2 machines (cpu (2 threads, A, x86_64): 3 cells; cpu (2 threads, B, x86_64): 1 cells)"
+        in two
+    )
     # rows of a version without cell_s: the wall time is unknown, not zero
     table = cost_table(load_results(write_store(tmp_path / "d", rows))).set_index("method")
     assert (

@@ -13,7 +13,7 @@ import pytest
 from hashbench.cells import hash_rows, load_cell, read_rows
 from hashbench.errors import HashbenchError
 from hashbench.report import load_results, paper_tables, select_latest
-from hashbench.results import ResultStore, latest_rows, read_results
+from hashbench.results import ResultStore, cpu_model, device_name, latest_rows, read_results
 
 HEADER = "dataset,method,bits,map,rank1,config_hash,commit,seed,date,artifact\n"
 
@@ -227,3 +227,25 @@ def test_git_commit_is_dirty_only_for_code_changes(tmp_path):
     assert git_commit(tmp_path / "hashbench") == clean
     (tmp_path / "hashbench" / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path / "hashbench") == clean + "+dirty"
+
+
+EPYC_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu vme
+
+processor\t: 1
+model name\t: Something Else 9000
+"""
+XEON_CPUINFO = "processor : 0\ncpu family : 6\nmodel : 106\nmodel name : Intel(R) Xeon(R) Platinum  8375C CPU @ 2.90GHz\n"
+
+
+def test_the_device_label_names_the_processor():
+    # a generic name gets the family and model that tell the part; a full name stays as it is
+    assert cpu_model(EPYC_CPUINFO) == "AMD EPYC family 23 model 1"
+    assert cpu_model(XEON_CPUINFO) == "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz"
+    label = device_name("cpu")
+    assert re.fullmatch(r"cpu \(\d+ threads, .+\)", label), label
+    assert cpu_model() in label

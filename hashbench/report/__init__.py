@@ -29,7 +29,7 @@ from .attribute_queries import (
     plot_attribute_queries,
     render_attribute_queries,
 )
-from .costs import cost_table, render_costs
+from .costs import cost_devices, cost_table, render_costs
 from .figures import (
     COLORS,
     MARKERS,
@@ -117,7 +117,7 @@ def write_report(
         for name, text in ((f"table_{metric}.md", md), (f"table_{metric}.tex", render(table, "latex"))):
             (out / name).write_text(text, encoding="utf-8")
             report[name] = out / name
-    md = render_costs(cost_table(df, dataset))
+    md = render_costs(cost_table(df, dataset), cost_devices(df, dataset))
     texts.append(md)
     (out / "table_cost.md").write_text(md, encoding="utf-8")
     report["table_cost.md"] = out / "table_cost.md"
@@ -169,6 +169,7 @@ __all__ = [
     "attribute_query_tables",
     "canonical_name",
     "cmc_curves",
+    "cost_devices",
     "cost_table",
     "dataset_title",
     "default_caption",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pandas as pd
 from tabulate import tabulate
 
@@ -52,13 +54,34 @@ def cost_table(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
-def render_costs(table: pd.DataFrame) -> str:
-    """The :func:`cost_table` as Markdown, with what each column measures."""
+def cost_devices(df: pd.DataFrame, dataset: str | None = None) -> Counter[str]:
+    """How many of the latest cells each device (``device`` column: threads and processor) measured."""
+    latest = select_latest(df, dataset)
+    if "device" not in latest:
+        return Counter()
+    return Counter(str(d) for d in latest["device"].dropna())
+
+
+def render_costs(table: pd.DataFrame, devices: Counter[str] | None = None) -> str:
+    """The :func:`cost_table` as Markdown, with what each column measures and, given ``devices``
+    (:func:`cost_devices`), the machine the times were measured on: one, or each with its cell count
+    when the cells come from several (their times then compare only within one machine)."""
     body = tabulate(
         table.values.tolist(), headers=list(table.columns), tablefmt="github", disable_numparse=True
     )
+    where = ""
+    if devices:
+        if len(devices) == 1:
+            where = f"Measured on {next(iter(devices))}.\n\n"
+        else:
+            each = "; ".join(f"{d}: {n} cells" for d, n in devices.most_common())
+            where = (
+                f"Measured on {len(devices)} machines ({each}); times compare only between cells of one"
+                " machine (each row's `device` column).\n\n"
+            )
     return (
         "Costs per method (shortest – longest code; latest row of each cell)\n\n"
+        + where
         + body
         + "\n\n*train s / cell*: fitting one cell (for the float reference: the IDE stage, shared by every"
         " shallow method's features); *wall min*: all the method's cells end to end (fitting, encoding"

@@ -132,7 +132,7 @@ class FeatureCache:
                 f"trunk maps cache {folder}: maps of shape {tuple(entry.info['shape'])}, the backbone gives "
                 f"{shape}; remove the folder and rerun"
             )
-        out, seconds = {}, 0.0
+        out, seconds, extracted = {}, 0.0, 0
         trunk = None
         for split, recs in records.items():
             name = f"{split}.npy"
@@ -143,13 +143,14 @@ class FeatureCache:
                         if trunk is None:  # the engine of the key (hashbench.engines)
                             trunk = make_engine(key.engine, backbone.trunk(cut), input_size, device)
                         t0 = time.perf_counter()
-                        part, rows_file, before = self._extract(
+                        part, rows_file, before, resumed_at = self._extract(
                             dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
                         )
                         now = time.perf_counter() - t0
                         entry.commit(name, part, seconds=before + now)
                         rows_file.unlink(missing_ok=True)
                         seconds += now
+                        extracted += len(recs) - resumed_at
             try:
                 maps = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
@@ -164,6 +165,7 @@ class FeatureCache:
             out[split] = maps
         return out, {
             "extract_s": seconds,  # spent in this call
+            "extracted_n": extracted,  # images extracted in this call (a resumed split: its rest only)
             # when the cache was filled (a resumed extraction: the runs' times together)
             "extract_s_recorded": sum(entry.seconds(f"{s}.npy") for s in records),
             "cache_dir": str(folder),
@@ -172,9 +174,9 @@ class FeatureCache:
 
     def _extract(
         self, dataset, recs, trunk, shape, input_size, path, device, batch_size, progress, split
-    ) -> tuple[Path, Path, float]:
+    ) -> tuple[Path, Path, float, int]:
         """Fill ``<split>.npy.part`` (resuming at the rows its ``.rows`` file says are done); returns the
-        part, the rows file and the seconds earlier (killed) runs spent on it. The caller holds the
+        part, the rows file, the seconds earlier (killed) runs spent on it and the row it resumed at. The caller holds the
         split's production lock, so the fixed part name has one writer."""
         part, rows_file = path.with_suffix(".npy.part"), path.with_suffix(".rows")
         n = len(recs)
@@ -202,7 +204,7 @@ class FeatureCache:
             smoothing=0.1,
         )
         images = dataset.open_images(recs[done:])
-        row = done
+        row = resumed_at = done
         t0 = time.perf_counter()
         with torch.inference_mode():
             decoded = prefetched(batched(images, batch_size), lambda b: to_tensor(b, input_size))
@@ -217,7 +219,7 @@ class FeatureCache:
         bar.close()
         arr.flush()
         del arr
-        return part, rows_file, before
+        return part, rows_file, before, resumed_at
 
 
 def _rows_done(rows_file: Path) -> tuple[int, float]:

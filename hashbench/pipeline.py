@@ -282,12 +282,13 @@ class Pipeline:
         self.timings["extract_s"] = info["extract_s_recorded"]
         n_images = sum(len(v) for v in source.values())
         if info["extract_s"]:
-            rate = n_images / info["extract_s"]
+            fresh = info.get("extracted_n", n_images)  # a resumed extraction: only the rest is timed
             log.info(
-                "trunk maps of %d images extracted in %.0f s (%.1f images/s)",
-                n_images,
+                "trunk maps of %d images extracted in %.0f s (%.1f images/s)%s",
+                fresh,
                 info["extract_s"],
-                rate,
+                fresh / info["extract_s"],
+                f"; {n_images - fresh} more were extracted by an earlier run" if fresh < n_images else "",
             )
         else:
             took = info["extract_s_recorded"]

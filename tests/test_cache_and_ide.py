@@ -68,8 +68,9 @@ def test_killed_extraction_resumes_where_it_stopped(setup, tmp_path, monkeypatch
         return original(self, records)
 
     monkeypatch.setattr(SyntheticPedestrians, "open_images", counting)
-    resumed, _ = cache.trunk_maps(data, recs, backbone, "block13", SIZE, progress=False, batch_size=4)
+    resumed, info = cache.trunk_maps(data, recs, backbone, "block13", SIZE, progress=False, batch_size=4)
     assert seen == [len(recs["train"]) - 64]  # only the rest was read
+    assert info["extracted_n"] == len(recs["train"]) - 64  # and the images/s of the log count only it
     assert np.array_equal(resumed["train"], full["train"])
 
 

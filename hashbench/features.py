@@ -204,7 +204,7 @@ class FeatureCache:
             smoothing=0.1,
         )
         images = dataset.open_images(recs[done:])
-        row = resumed_at = done
+        row = done
         t0 = time.perf_counter()
         with torch.inference_mode():
             decoded = prefetched(batched(images, batch_size), lambda b: to_tensor(b, input_size))
@@ -219,7 +219,7 @@ class FeatureCache:
         bar.close()
         arr.flush()
         del arr
-        return part, rows_file, before, resumed_at
+        return part, rows_file, before, done
 
 
 def _rows_done(rows_file: Path) -> tuple[int, float]:

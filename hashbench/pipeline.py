@@ -282,7 +282,7 @@ class Pipeline:
         self.timings["extract_s"] = info["extract_s_recorded"]
         n_images = sum(len(v) for v in source.values())
         if info["extract_s"]:
-            fresh = info.get("extracted_n", n_images)  # a resumed extraction: only the rest is timed
+            fresh = info["extracted_n"]  # a resumed extraction: only the rest is timed
             log.info(
                 "trunk maps of %d images extracted in %.0f s (%.1f images/s)%s",
                 fresh,

@@ -338,6 +338,98 @@ def load_batch(source: Any, index: np.ndarray, device, flip: np.ndarray | None =
     return x.contiguous(memory_format=torch.channels_last)
 
 
+# -- several code lengths from one top ---------------------------------------------------------------
+SHARED_TOP = """``shared_top`` (keyword, default ``""``: off): the code lengths, e.g. ``"128,256,512,1024,2048"``
+(or a range of powers of two, ``"128-2048"``), whose cells share one trained top. The first cell of
+the group trains the body with one hash head per length, on the same batches, the lengths' losses
+averaged (each length's own loss, as the method defines it), and keeps the group in memory; every cell
+then takes its own head, so its codes are those of its length's head on the shared body. The first
+cell's ``train_s`` carries the whole training, the others' almost nothing. A cell stays a pure
+function of its configuration (the lengths are in it, so its hash differs from a cell trained alone):
+a resumed run or another process trains the same group again, to the same weights. ``hashbench run
+--shared-top`` sets it to the run's ``--bits`` for every deep method that takes it."""
+
+_SHARED: dict[str, dict[int, Any]] = {}  # the last group trained in this process: key -> {bits: member}
+
+
+def shared_lengths(value: Any, bits: int, who: str) -> tuple[int, ...]:
+    """``shared_top`` as sorted lengths (``()`` when off); a one-line error on a bad value."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ()
+    try:
+        if isinstance(value, str):
+            text = value.replace(" ", "")
+            if "-" in text:
+                lo, hi = (int(t) for t in text.split("-", 1))
+                items = [1 << k for k in range(3, 17) if lo <= 1 << k <= hi]
+                if lo not in items or hi not in items:
+                    raise ValueError
+            else:
+                items = [int(t) for t in text.split(",") if t]
+        else:
+            items = [int(v) for v in (value if isinstance(value, Sequence) else [value])]
+    except (TypeError, ValueError):
+        items = []
+    lengths = tuple(sorted(set(items)))
+    if len(lengths) < 2 or any(b <= 0 or b % 8 for b in lengths) or bits not in lengths:
+        raise HashbenchError(
+            f"{who}.shared_top={value!r}: expected two or more code lengths (multiples of 8) that include "
+            f"this cell's {bits}, like '128,256,512' or '128-2048'"
+        )
+    return lengths
+
+
+def _digest_arrays(h, *arrays) -> None:
+    for a in arrays:
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+
+
+def shared_key(method: DeepHashing, train: View, context: Context) -> str:
+    """What a group of a shared top depends on: the method's class and hyperparameters (but ``bits``),
+    the training view (labels, attributes, the first and last input rows) and the context."""
+    import hashlib
+
+    h = hashlib.sha256()
+    params = {k: v for k, v in method.get_params().items() if k != "bits"}
+    h.update(f"{type(method).__module__}.{type(method).__qualname__}{sorted(params.items())!r}".encode())
+    h.update(f"{context.device}|{body_cut(context)}|{getattr(context.backbone, 'name', None)}".encode())
+    h.update(repr(None if context.schema is None else _groups(context.schema)).encode())
+    source = method._source(train)
+    rows = [source[0], source[-1]] if isinstance(source, np.ndarray) and len(source) else []
+    _digest_arrays(h, train.pids, train.camids, train.attributes, *rows)
+    for name, tensor in sorted((context.ide_top or {}).items()):
+        h.update(name.encode())
+        _digest_arrays(h, tensor.detach().cpu().numpy())
+    return h.hexdigest()
+
+
+class SharedHeads(nn.Module):
+    """The heads of a shared top side by side: ``{bits: head(pooled)}``."""
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, pooled: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return [head(pooled) for head in self.heads]
+
+
+def shared_loss(members: Sequence[DeepHashing], outs, targets) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mean of the members' own losses on their heads' outputs; their statistics averaged, and
+    each member's loss as ``loss_<bits>``."""
+    losses, stats = [], {}
+    for member, out in zip(members, outs, strict=True):
+        loss, extra = member.loss(out, targets)
+        losses.append(loss)
+        stats[f"loss_{member.bits}"] = float(loss.detach())
+        for k, v in extra.items():
+            stats[k] = stats.get(k, 0.0) + float(v) / len(members)
+    return torch.stack(losses).mean(), stats
+
+
 class DeepHashing(HashMethod):
     """Base of the deep hashing methods; see the module docstring for what a subclass defines.
 
@@ -361,6 +453,9 @@ class DeepHashing(HashMethod):
       ``--param``; at ``"imagenet"`` it is left out of :meth:`get_params`, so cells from before the
       option keep their configuration hashes. The built-in deep methods default to ``"ide"`` (chosen on
       held-out identities); the base keeps ``"imagenet"`` for a subclass that passes nothing.
+    - ``shared_top`` (keyword, default ``""``): several code lengths from one trained top, an explicit
+      option (see :data:`SHARED_TOP`). A subclass that lists it in its ``__init__`` makes it a
+      ``--param`` and lets ``--shared-top`` set it; left out of :meth:`get_params` when off.
 
     Fitted attributes: ``model_`` (the :class:`HashNet`), ``history_`` (the per-epoch log) and what
     :meth:`rebuild` needs to build the network again when a saved method is restored: ``n_ids_``,
@@ -390,6 +485,7 @@ class DeepHashing(HashMethod):
         flip: bool,
         finetune: str,
         init: str = "imagenet",
+        shared_top: str | Sequence[int] = "",
     ) -> None:
         super().__init__(bits, seed)
         if finetune not in FINETUNE:
@@ -410,6 +506,8 @@ class DeepHashing(HashMethod):
             self.consumes = (type(self).consumes - {"maps"}) | {"images"}
         if init == "ide":  # the IDE stage's top, lent in the context
             self.consumes = self.consumes | {"ide"}
+        self._lengths = shared_lengths(shared_top, self.bits, self.name)
+        self.shared_top = ",".join(map(str, self._lengths))
 
     def get_params(self) -> dict[str, Any]:
         """The hyperparameters (:meth:`hashbench.method.HashMethod.get_params`), ``init`` left out at
@@ -417,6 +515,8 @@ class DeepHashing(HashMethod):
         params = super().get_params()
         if params.get("init", None) == "imagenet":
             del params["init"]
+        if params.get("shared_top", None) == "":
+            del params["shared_top"]
         return params
 
     # -- what a subclass defines ------------------------------------------------------------------
@@ -463,6 +563,37 @@ class DeepHashing(HashMethod):
     def fit(self, train: View, context: Context | None = None) -> DeepHashing:
         context = context or Context()
         self.check_sampler()  # before any work: a method that lacks its sampler's hyperparameters
+        if getattr(self, "_prepare_only", False):  # a member of a shared top: its own set-up ran, no more
+            return self
+        if self._lengths:
+            return self._fit_shared(train, context)
+        self._train([self], train, context)
+        return self
+
+    def _fit_shared(self, train: View, context: Context) -> DeepHashing:
+        """``shared_top``: one top and one hash head per length, trained together (the lengths' losses
+        averaged) once per process; each length's cell takes its own head (see :data:`SHARED_TOP`)."""
+        key = shared_key(self, train, context)
+        group = _SHARED.get(key)
+        if group is None:
+            members = []
+            for bits in self._lengths:  # in the order of the lengths, whichever cell comes first
+                member = type(self)(**{**self.get_params(), "bits": bits})
+                member._prepare_only = True
+                member.fit(train, context)  # the subclass's own set-up before super().fit (DeepSSH's layout)
+                del member._prepare_only
+                members.append(member)
+            self._train(members, train, context)
+            _SHARED.clear()  # one group at a time: a grid runs a method's lengths one after another
+            group = _SHARED[key] = {m.bits: m for m in members}
+        else:
+            log.info("%s %d bits: the top trained with %s bits earlier in this run", self.name, self.bits, self.shared_top)
+        self.__dict__.update(group[self.bits].__dict__)
+        return self
+
+    def _train(self, members: list[DeepHashing], train: View, context: Context) -> None:
+        """Train the body with the heads of ``members`` (``[self]``, or one method per length of a shared
+        top, all with this one's hyperparameters but ``bits``); each member gets its ``model_``."""
         device = torch.device(context.device)
         self._progress = context.progress
         if self.finetune == "full" and device.type == "cpu":
@@ -477,39 +608,47 @@ class DeepHashing(HashMethod):
             targets_all["attributes"] = torch.from_numpy(np.asarray(train.attributes, dtype=np.int64))
 
         body, channels, trunk_params = make_body(context, self.finetune, self.init)
-        # what rebuild() needs to build this network again, besides the hyperparameters
-        self.n_ids_ = n_ids
-        self.cut_ = body_cut(context)
-        self.backbone_ = getattr(context.backbone, "name", None)
-        self.context_schema_ = context.schema
-        self.attribute_groups_ = None if train.attributes is None else int(np.shape(train.attributes)[1])
-        head = self.build_head(channels, n_ids, train, context)
+        heads = []
+        for member in members:  # what rebuild() needs to build the network again, besides the hyperparameters
+            member.n_ids_ = n_ids
+            member.cut_ = body_cut(context)
+            member.backbone_ = getattr(context.backbone, "name", None)
+            member.context_schema_ = context.schema
+            member.attribute_groups_ = None if train.attributes is None else int(np.shape(train.attributes)[1])
+            member._progress = context.progress
+            heads.append(member.build_head(channels, n_ids, train, context))
+        head = heads[0] if len(members) == 1 else SharedHeads(heads)
         model = HashNet(body, head, self.regions, self.region_mode)
-        self.model_ = model.to(device, memory_format=torch.channels_last)  # ~20 % faster on CPU
+        model = model.to(device, memory_format=torch.channels_last)  # ~20 % faster on CPU
         trunk_ids = {id(p) for p in trunk_params}
         groups = [
             {"params": [p for p in body.parameters() if id(p) not in trunk_ids], "lr": self.lr},
-            *self.head_param_groups(head),
+            *(g for member, h in zip(members, heads, strict=True) for g in member.head_param_groups(h)),
         ]
         if trunk_params:
             groups.append({"params": trunk_params, "lr": self.lr * self.trunk_lr_mult})
         opt = torch.optim.SGD(groups, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True)
-        plan = [self.batches(labels, rng) for _ in range(self.epochs)]
+        plan = []
+        for _ in range(self.epochs):
+            for member in members[1:]:  # each member draws the same epoch (its own counters, e.g. HashNet's)
+                member.batches(labels, copy.deepcopy(rng))
+            plan.append(members[0].batches(labels, rng))
         total = sum(len(b) for b in plan)
         if total == 0:
             raise HashbenchError(f"{self.name}: the training split of {len(labels)} images gives no batch")
         warmup = int(self.warmup_epochs * len(plan[0]))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+        what = f"{self.bits} bits" if len(members) == 1 else f"{self.shared_top} bits (shared top)"
 
-        self.history_: list[dict] = []
+        history: list[dict] = []
         for epoch, epoch_batches in enumerate(plan, 1):
-            self.model_.train()
+            model.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             seen = 0
             bar = tqdm(
                 epoch_batches,
-                desc=f"{self.name} {self.bits} bits, epoch {epoch}/{self.epochs}",
+                desc=f"{self.name} {what}, epoch {epoch}/{self.epochs}",
                 unit="batch",
                 disable=not context.progress,
                 dynamic_ncols=True,
@@ -521,8 +660,11 @@ class DeepHashing(HashMethod):
                 x = load_batch(source, index, device, flip)
                 targets = {k: v[index].to(device) for k, v in targets_all.items()}
                 lap("data_s")
-                out = self.model_(x)
-                loss, stats = self.loss(out, targets)
+                out = model(x)
+                if len(members) == 1:
+                    loss, stats = self.loss(out, targets)
+                else:
+                    loss, stats = shared_loss(members, out, targets)
                 lap("forward_s")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -538,18 +680,20 @@ class DeepHashing(HashMethod):
             entry = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}}
             entry["seconds"] = time.perf_counter() - t0
             entry.update(lap.seconds)
-            self.history_.append(entry)
+            history.append(entry)
             log.info(
-                "%s %d bits epoch %d/%d: %s, %.0f s",
+                "%s %s epoch %d/%d: %s, %.0f s",
                 self.name,
-                self.bits,
+                what,
                 epoch,
                 self.epochs,
                 ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k not in ("epoch", "seconds", *PHASES)),
                 entry["seconds"],
             )
-        self.model_.eval()
-        return self
+        model.eval()
+        for member, h in zip(members, heads, strict=True):
+            member.model_ = model if len(members) == 1 else HashNet(body, h, self.regions, self.region_mode).eval()
+            member.history_ = [dict(e) for e in history]
 
     # -- saving and restoring -----------------------------------------------------------------------
     def fitted_state(self) -> dict[str, Any]:

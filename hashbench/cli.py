@@ -138,6 +138,7 @@ def run_config_of_args(args):
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         search_backend=args.search,
         finetune=args.finetune,
+        shared_top=args.shared_top,
         engine=args.engine,
         executor=args.executor,
         ray_address=args.ray_address,
@@ -509,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("top", "full"),
         help="deep methods: train the top blocks on cached trunk maps (default), or the whole backbone "
         "from pixels (meant for a CUDA device)",
+    )
+    s.add_argument(
+        "--shared-top",
+        action="store_true",
+        help="deep methods: train one top with a hash head per --bits length and take every length's codes "
+        "from it (about one length's training for all; the cells' configurations say so)",
     )
     s.add_argument(
         "--holdout",

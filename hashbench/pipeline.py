@@ -74,6 +74,7 @@ class RunConfig:
     reference: bool = True
     progress: bool = True
     finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
+    shared_top: bool = False  # deep methods: all of --bits from one trained top (hashbench.deep.SHARED_TOP)
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
     holdout_distractors: int = 0  # validation run: that many more training ids in its gallery only
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
@@ -134,6 +135,8 @@ def make_method(klass: type[HashMethod], bits: int, config: RunConfig) -> HashMe
     for option in getattr(klass, "run_options", frozenset()):
         if option in run_level:
             params.setdefault(option, run_level[option])
+    if config.shared_top and "shared_top" in inspect.signature(klass.__init__).parameters:
+        params.setdefault("shared_top", ",".join(map(str, sorted(config.bits))))  # --shared-top
     return klass(bits=bits, seed=config.seed, **params)
 
 

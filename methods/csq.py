@@ -142,6 +142,7 @@ class CSQ(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -154,6 +155,7 @@ class CSQ(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         if lam < 0:
             raise HashbenchError(f"csq.lam={lam}: expected >= 0")

@@ -224,6 +224,7 @@ class CtF(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -236,6 +237,7 @@ class CtF(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         if P < 2 or K < 2:
             raise HashbenchError(f"ctf: P={P}, K={K}: triplets need P >= 2 identities and K >= 2 images")

@@ -89,6 +89,7 @@ class DBH(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -101,6 +102,7 @@ class DBH(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         self.batch_size = int(batch_size)
         self.label_smoothing = float(label_smoothing)

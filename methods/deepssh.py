@@ -317,6 +317,7 @@ class DeepSSH(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -329,6 +330,7 @@ class DeepSSH(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         checks = [
             (P >= 2 and K >= 2, f"P={P}, K={K}: triplets need P >= 2 identities and K >= 2 images"),

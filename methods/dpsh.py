@@ -144,6 +144,7 @@ class DPSH(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -156,6 +157,7 @@ class DPSH(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         if P < 2 or K < 2:
             raise HashbenchError(f"dpsh: P={P}, K={K}: pairs need P >= 2 identities and K >= 2 images")

@@ -96,6 +96,7 @@ class DSH(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -108,6 +109,7 @@ class DSH(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         if P < 2 or K < 2:
             raise HashbenchError(f"dsh: P={P}, K={K}: pairs need P >= 2 identities and K >= 2 images")

@@ -106,6 +106,7 @@ class GreedyHash(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -118,6 +119,7 @@ class GreedyHash(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         if alpha < 0:
             raise HashbenchError(f"greedyhash.alpha={alpha}: expected >= 0")

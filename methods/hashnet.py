@@ -112,6 +112,7 @@ class HashNet(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
     ) -> None:
         super().__init__(
             bits,
@@ -124,6 +125,7 @@ class HashNet(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         if P < 2 or K < 2:
             raise HashbenchError(f"hashnet: P={P}, K={K}: pairs need P >= 2 identities and K >= 2 images")

@@ -135,6 +135,7 @@ class PDH(DeepHashing):
         flip: bool = True,
         finetune: str = "top",
         init: str = "ide",
+        shared_top: str = "",
         scale_head_lr: bool = True,
         feature_weight: float = 1.0,
         feature_margin: float = 0.3,
@@ -150,6 +151,7 @@ class PDH(DeepHashing):
             flip=flip,
             finetune=finetune,
             init=init,
+            shared_top=shared_top,
         )
         if mining not in ("hard", "all"):
             raise HashbenchError(f"pdh.mining={mining!r}: expected 'hard' or 'all'")

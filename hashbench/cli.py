@@ -1,4 +1,4 @@
-"""Command line: ``hashbench list | run | report | leaderboard | site | serve | explain | show | query | scale``.
+"""Command line: ``hashbench list | run | report | leaderboard | site | serve | explain | show | query | scale | cascade``.
 
 Library code logs; this module prints. A :class:`HashbenchError` becomes one line on stderr and exit
 status 2.
@@ -444,6 +444,32 @@ def cmd_scale(args) -> int:
     return 0
 
 
+def cmd_cascade(args) -> int:
+    from .cascade import TABLE_NAME, CascadeConfig, parse_top_ks, run_cascade, table_cascade
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise HashbenchError(f"--method {args.method!r}: expected method names, e.g. ctf,dbh")
+    if args.out:
+        check_writable_dir(args.out, "--out")
+    frame = run_cascade(
+        CascadeConfig(
+            results=Path(args.results),
+            methods=methods,
+            bits=parse_bits(args.bits),
+            top_ks=parse_top_ks(args.top_k),
+            ratio=args.ratio,
+            backend=args.backend,
+            repeats=args.repeats,
+            out=Path(args.out) if args.out else None,
+        )
+    )
+    print(table_cascade(frame))
+    out = Path(args.out) if args.out else Path(args.results)
+    print(f"written: {out / 'cascade.csv'}, {out / TABLE_NAME}")
+    return 0
+
+
 def add_dataset_arguments(s: argparse.ArgumentParser, root_help: str, option_help: str) -> None:
     s.add_argument("--dataset", default="synthetic", help="dataset plugin name (default: synthetic)")
     s.add_argument("--data-root", help=root_help)
@@ -746,6 +772,35 @@ def build_parser() -> argparse.ArgumentParser:
         "and a rerun with other sizes or backends encodes nothing twice)",
     )
     s.set_defaults(func=cmd_scale)
+
+    s = sub.add_parser(
+        "cascade",
+        help="coarse-to-fine search of finished cells: a prefix ranks the gallery, the full code re-ranks its top k",
+    )
+    s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
+    s.add_argument("--method", required=True, help="the cells' methods, comma-separated (e.g. ctf,dbh)")
+    s.add_argument("--bits", required=True, help="the cells' code lengths: 128,2048, 128-2048 or 512")
+    s.add_argument(
+        "--top-k",
+        default="100,1000",
+        help="candidates the full code re-ranks, comma-separated (default 100,1000)",
+    )
+    s.add_argument(
+        "--ratio",
+        type=int,
+        default=8,
+        help="the prefix is bits / RATIO bits (default 8: CtF's shortest code)",
+    )
+    s.add_argument(
+        "--backend",
+        default="auto",
+        help="Hamming backend of every search: auto (faiss when installed), faiss, numpy",
+    )
+    s.add_argument(
+        "--repeats", type=int, default=3, help="timed passes per search, the best kept (default 3)"
+    )
+    s.add_argument("--out", help="where cascade.csv and table_cascade.md go (default: RESULTS)")
+    s.set_defaults(func=cmd_cascade)
     return p
 
 

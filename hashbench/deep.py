@@ -587,7 +587,12 @@ class DeepHashing(HashMethod):
             _SHARED.clear()  # one group at a time: a grid runs a method's lengths one after another
             group = _SHARED[key] = {m.bits: m for m in members}
         else:
-            log.info("%s %d bits: the top trained with %s bits earlier in this run", self.name, self.bits, self.shared_top)
+            log.info(
+                "%s %d bits: the top trained with %s bits earlier in this run",
+                self.name,
+                self.bits,
+                self.shared_top,
+            )
         self.__dict__.update(group[self.bits].__dict__)
         return self
 
@@ -614,7 +619,9 @@ class DeepHashing(HashMethod):
             member.cut_ = body_cut(context)
             member.backbone_ = getattr(context.backbone, "name", None)
             member.context_schema_ = context.schema
-            member.attribute_groups_ = None if train.attributes is None else int(np.shape(train.attributes)[1])
+            member.attribute_groups_ = (
+                None if train.attributes is None else int(np.shape(train.attributes)[1])
+            )
             member._progress = context.progress
             heads.append(member.build_head(channels, n_ids, train, context))
         head = heads[0] if len(members) == 1 else SharedHeads(heads)
@@ -692,7 +699,9 @@ class DeepHashing(HashMethod):
             )
         model.eval()
         for member, h in zip(members, heads, strict=True):
-            member.model_ = model if len(members) == 1 else HashNet(body, h, self.regions, self.region_mode).eval()
+            member.model_ = (
+                model if len(members) == 1 else HashNet(body, h, self.regions, self.region_mode).eval()
+            )
             member.history_ = [dict(e) for e in history]
 
     # -- saving and restoring -----------------------------------------------------------------------

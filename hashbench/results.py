@@ -697,6 +697,49 @@ def _fmt(v):
     return v
 
 
+def format_value(value) -> str:
+    """A side table's cell as text: booleans lower-case, floats to 4 decimals (6 significant digits
+    below 1e-3)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e-3 and value else f"{value:.4f}"
+    return str(value)
+
+
+def replace_keyed_rows(
+    path: Path, columns: Sequence[str], key: Sequence[str], rows: list[dict], what: str
+) -> Path:
+    """Add ``rows`` to the side table ``path`` (``scale.csv``, ``cascade.csv``) under its folder's lock,
+    atomically (written beside, fsynced, renamed): earlier rows of the same ``key`` are replaced, damaged
+    lines dropped with one warning, every other row kept as written. A file with another header is
+    refused (one line naming it)."""
+    path = Path(path)
+
+    def key_of(values: dict) -> tuple:
+        return tuple(str(values.get(c, "")).strip() for c in key)
+
+    new = [{c: format_value(r[c]) for c in columns} for r in rows]
+    keys = {key_of(r) for r in new}
+    with folder_lock(path.parent):
+        kept: list[dict] = []
+        if path.is_file():
+            scan = scan_csv(path, check_result_row, what=what)
+            if scan.header and list(scan.header) != list(columns):
+                raise HashbenchError(
+                    f"{path}: not a {path.name} of hashbench {__version__}; write to another --out"
+                )
+            if scan.damaged:
+                log.warning("%s", damage_message(path, scan.damaged, "dropped"))
+            kept = [v for _, v in scan.good if key_of(v) not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept + new)
+        atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    return path
+
+
 __all__ = [
     "DamagedLine",
     "ResultRow",

@@ -53,7 +53,6 @@ rows), written atomically under the folder lock, then ``scale_map.png`` and ``sc
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -70,20 +69,18 @@ import torch
 
 from . import __version__
 from .cells import Cell, load_cell
-from .durable import atomic_write_bytes, folder_lock
+from .durable import atomic_write_bytes
 from .errors import HashbenchError
 from .index import INDEXES, make_index, recall_at_k
 from .method import SPLIT_INPUTS, View, check_codes
 from .metrics import JUNK_PID, Evaluation, argsort_block
 from .results import (
-    check_result_row,
-    damage_message,
     device_name,
     git_commit,
     latest_positions,
     now,
     read_store_frame,
-    scan_csv,
+    replace_keyed_rows,
 )
 from .search import _distance_block, _faiss
 
@@ -842,42 +839,10 @@ def _scale_cell(config, cell, q, g, backends, d, encode_s, sizes, seed, n_train,
 # -------------------------------------------------------------------------------------- store, plots
 
 
-def _fmt(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.6g}" if abs(value) < 1e-3 and value else f"{value:.4f}"
-    return str(value)
-
-
-def _row_key(values: dict) -> tuple:
-    return tuple(str(values.get(c, "")).strip() for c in SCALE_KEY)
-
-
 def store_rows(out: Path, rows: list[dict]) -> Path:
-    """Add ``rows`` to ``out/scale.csv`` under the folder lock, atomically (written beside, fsynced,
-    renamed): earlier rows of the same (cell, size, backend, seed) are replaced, damaged lines dropped
-    with one warning, every other row kept as written."""
-    path = Path(out) / SCALE_NAME
-    new = [{c: _fmt(r[c]) for c in SCALE_COLUMNS} for r in rows]
-    keys = {_row_key(r) for r in new}
-    with folder_lock(Path(out)):
-        kept: list[dict] = []
-        if path.is_file():
-            scan = scan_csv(path, check_result_row, what="scale file")
-            if scan.header and list(scan.header) != list(SCALE_COLUMNS):
-                raise HashbenchError(
-                    f"{path}: not a scale.csv of hashbench {__version__}; write to another --out"
-                )
-            if scan.damaged:
-                log.warning("%s", damage_message(path, scan.damaged, "dropped"))
-            kept = [v for _, v in scan.good if _row_key(v) not in keys]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(SCALE_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(kept + new)
-        atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
-    return path
+    """Add ``rows`` to ``out/scale.csv`` (:func:`hashbench.results.replace_keyed_rows`): earlier rows of
+    the same (cell, size, backend, seed) are replaced, every other row kept as written."""
+    return replace_keyed_rows(Path(out) / SCALE_NAME, SCALE_COLUMNS, SCALE_KEY, rows, "scale file")
 
 
 def read_scale(folder: Path) -> pd.DataFrame | None:

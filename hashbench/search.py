@@ -298,3 +298,109 @@ def float_rank(
 
         run_chunks(e - s, max(1, -(-(e - s) // 8)), work, threads)
     return out
+
+
+# -- coarse to fine: a short prefix ranks the gallery, longer prefixes re-rank its top ---------------------
+
+
+def prefix_codes(packed: np.ndarray, bits: int, length: int) -> np.ndarray:
+    """The packed codes of the first ``length`` bits of ``bits``-bit packed codes (for a multiple of 8,
+    the first ``length / 8`` bytes, no copy)."""
+    if not 1 <= length <= bits:
+        raise HashbenchError(f"prefix of {length} bits of {bits}-bit codes: expected 1..{bits}")
+    if length % 8 == 0:
+        return packed[:, : length // 8]
+    return np.packbits(np.unpackbits(packed, axis=1, count=bits)[:, :length], axis=1)
+
+
+def cascade_lengths(lengths, bits: int) -> list[int]:
+    """``lengths`` as ints, checked to rise strictly within 1..``bits``."""
+    lengths = [int(n) for n in lengths]
+    if (
+        not lengths
+        or lengths[0] < 1
+        or lengths[-1] > bits
+        or any(b <= a for a, b in zip(lengths, lengths[1:], strict=False))
+    ):
+        raise HashbenchError(f"coarse-to-fine search: lengths {lengths} must rise strictly within 1..{bits}")
+    return lengths
+
+
+def cascade_top_ks(lengths, top_k) -> list[int]:
+    """One candidate count per re-ranking stage (``top_k`` one value for all, or one per stage),
+    checked to be positive and non-increasing."""
+    n_stages = len(lengths) - 1
+    ks = [int(top_k)] * n_stages if np.isscalar(top_k) else [int(k) for k in top_k]
+    if len(ks) != n_stages:
+        raise HashbenchError(
+            f"coarse-to-fine search: {len(ks)} top_k values for {n_stages} re-ranking stages"
+        )
+    if any(k < 1 for k in ks) or any(b > a for a, b in zip(ks, ks[1:], strict=False)):
+        raise HashbenchError(f"coarse-to-fine search: top_k {ks} must be positive and non-increasing")
+    return ks
+
+
+def coarse_to_fine_rank(
+    q_packed: np.ndarray,
+    g_packed: np.ndarray,
+    bits: int,
+    lengths,
+    top_k,
+    backend: str = "auto",
+    chunk: int = 256,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Rank the gallery for each query coarse to fine over nested code prefixes.
+
+    The first length's prefix ranks the whole gallery (:func:`hamming_rank`, on ``backend``); each later
+    stage re-ranks the first ``top_k`` of the ranking so far by a longer prefix (ties by gallery index),
+    the rest keeps its order. Within the last stage's top-k the order is exactly the longest prefix's
+    Hamming ranking of those candidates, at ``n_gallery x lengths[0] + sum(top_k x length)`` bits
+    compared per query (:func:`coarse_to_fine_cost`) instead of ``n_gallery x bits``.
+
+    Parameters
+    ----------
+    q_packed, g_packed : np.ndarray
+        (nq, B) and (ng, B) packed ``bits``-bit codes whose first ``L`` bits are the code of length ``L``.
+    lengths : sequence of int
+        Prefix lengths, strictly rising within 1..``bits``.
+    top_k : int or sequence of int
+        Candidates re-ranked at each stage after the first (non-increasing); clipped to the gallery.
+    backend, threads : str, int
+        Of the first stage (:func:`hamming_rank`); the re-ranking runs in numpy on the same threads.
+    chunk : int
+        Query rows per re-ranking block (memory: ``chunk x top_k x bytes``).
+
+    Returns
+    -------
+    np.ndarray
+        (nq, ng) int32 gallery indices, nearest first.
+    """
+    q, g = _check_pair(q_packed, g_packed)
+    if 8 * q.shape[1] < bits:
+        raise ValueError(f"codes of {8 * q.shape[1]} packed bits cannot hold {bits}-bit codes")
+    lengths = cascade_lengths(lengths, bits)
+    ks = cascade_top_ks(lengths, top_k)
+    ng = len(g)
+    order = hamming_rank(
+        prefix_codes(q, bits, lengths[0]), prefix_codes(g, bits, lengths[0]), backend=backend, threads=threads
+    )
+    for length, k in zip(lengths[1:], ks, strict=True):
+        k = min(k, ng)
+        qp, gp = prefix_codes(q, bits, length), prefix_codes(g, bits, length)
+
+        def work(s: int, e: int, qp: np.ndarray = qp, gp: np.ndarray = gp, k: int = k) -> None:
+            cand = order[s:e, :k]  # (c, k) gallery indices
+            d = np.bitwise_count(qp[s:e, None, :] ^ gp[cand]).sum(-1, dtype=np.int64)
+            key = d * ng + cand  # distance, then gallery index
+            order[s:e, :k] = np.take_along_axis(cand, np.argsort(key, axis=1), axis=1)
+
+        run_chunks(len(q), chunk, work, threads)
+    return order
+
+
+def coarse_to_fine_cost(n_gallery: int, lengths, top_k) -> int:
+    """Bits compared per query by :func:`coarse_to_fine_rank` (``n_gallery x bits`` for a full search)."""
+    lengths = [int(n) for n in lengths]
+    ks = cascade_top_ks(lengths, top_k)
+    return n_gallery * lengths[0] + sum(min(k, n_gallery) * n for n, k in zip(lengths[1:], ks, strict=True))

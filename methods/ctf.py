@@ -40,9 +40,11 @@ Here (documented choices)
   of ``n_gallery x L_short + top_k x bits`` bit comparisons per query instead of ``n_gallery x bits``
   (:func:`search_cost`). The paper picks the candidates by a learned distance threshold per stage
   ("Distance Threshold Optimization"); a fixed ``top_k`` is used here.
-- Left for later: the runner ranks every method's full codes with the usual Hamming search, so CtF's
-  results rows and timing columns measure the full-length search; wiring :func:`coarse_to_fine_search`
-  into the runner's query timing (and its mAP) is not done yet.
+- The runner ranks every method's full codes with the usual Hamming search, so CtF's results rows and
+  timing columns are the full-length search (comparable with every other row). Its coarse-to-fine
+  search is measured on finished cells by ``hashbench cascade`` (:mod:`hashbench.cascade`): mAP,
+  rank-1, ms per query and bits compared of the full code, the prefix alone and the cascade at each
+  top-k, beside the same searches of any other method's prefixes.
 - Optimisation as DBH: SGD with Nesterov momentum, ``lr=0.05``, new layers at 10 x, weight decay 5e-4,
   half an epoch of warm-up then cosine decay, horizontal flips; ``epochs`` (below).
 - ``init="ide"``, ``epochs=2``, chosen on held-out training identities of Market-1501
@@ -66,7 +68,7 @@ from torch.nn import functional as F
 from hashbench.deep import DeepHashing, HashLayer, normalised, triplet_loss
 from hashbench.errors import HashbenchError
 from hashbench.method import Context, View
-from hashbench.search import hamming_distances
+from hashbench.search import coarse_to_fine_cost, coarse_to_fine_rank, pack_codes
 
 
 def code_lengths(bits: int, levels: int) -> tuple[int, ...]:
@@ -77,39 +79,17 @@ def code_lengths(bits: int, levels: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, bits >> j) for j in range(levels)}))
 
 
-# -- search -------------------------------------------------------------------------------------------
-def _stage_ks(lengths: Sequence[int], top_k: int | Sequence[int]) -> list[int]:
-    n_stages = len(lengths) - 1
-    ks = [int(top_k)] * n_stages if np.isscalar(top_k) else [int(k) for k in top_k]
-    if len(ks) != n_stages:
-        raise HashbenchError(
-            f"coarse-to-fine search: {len(ks)} top_k values for {n_stages} re-ranking stages"
-        )
-    if any(k < 1 for k in ks) or any(b > a for a, b in zip(ks, ks[1:], strict=False)):
-        raise HashbenchError(f"coarse-to-fine search: top_k {ks} must be positive and non-increasing")
-    return ks
-
-
-def _check_lengths(lengths: Sequence[int], bits: int) -> list[int]:
-    lengths = [int(n) for n in lengths]
-    if (
-        not lengths
-        or lengths[0] < 1
-        or lengths[-1] > bits
-        or any(b <= a for a, b in zip(lengths, lengths[1:], strict=False))
-    ):
-        raise HashbenchError(f"coarse-to-fine search: lengths {lengths} must rise strictly within 1..{bits}")
-    return lengths
-
-
+# -- search ---------------------------------------------------------------------------------------------
 def coarse_to_fine_search(
     query_codes: np.ndarray,
     gallery_codes: np.ndarray,
     lengths: Sequence[int],
     top_k: int | Sequence[int],
     chunk: int = 256,
+    backend: str = "auto",
 ) -> np.ndarray:
-    """Rank the gallery for each query coarse to fine over nested code prefixes.
+    """Rank the gallery for each query coarse to fine over nested code prefixes
+    (:func:`hashbench.search.coarse_to_fine_rank` on the packed codes).
 
     Parameters
     ----------
@@ -123,6 +103,8 @@ def coarse_to_fine_search(
         non-increasing); clipped to the gallery size.
     chunk : int
         Query rows per block (memory: ``chunk x top_k x bytes`` at a stage).
+    backend : str
+        Hamming backend of the first stage (every backend ranks identically).
 
     Returns
     -------
@@ -135,31 +117,12 @@ def coarse_to_fine_search(
     g = np.asarray(gallery_codes, dtype=np.uint8)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise HashbenchError(f"coarse-to-fine search: codes of shapes {q.shape} and {g.shape}")
-    lengths = _check_lengths(lengths, q.shape[1])
-    ks = _stage_ks(lengths, top_k)
-    ng = len(g)
-    # stage 1: every gallery code, shortest prefix (packbits pads with zeros, which never differ)
-    coarse = hamming_distances(
-        np.packbits(q[:, : lengths[0]], axis=1), np.packbits(g[:, : lengths[0]], axis=1)
+    return coarse_to_fine_rank(
+        pack_codes(q), pack_codes(g), q.shape[1], lengths, top_k, backend=backend, chunk=chunk
     )
-    order = np.argsort(coarse, axis=1, kind="stable").astype(np.int32)
-    for length, k in zip(lengths[1:], ks, strict=True):
-        k = min(k, ng)
-        qp = np.packbits(q[:, :length], axis=1)
-        gp = np.packbits(g[:, :length], axis=1)
-        for s in range(0, len(q), chunk):
-            cand = order[s : s + chunk, :k]  # (c, k) gallery indices
-            d = np.bitwise_count(qp[s : s + chunk, None, :] ^ gp[cand]).sum(-1, dtype=np.int64)
-            key = d * ng + cand  # distance, then gallery index
-            order[s : s + chunk, :k] = np.take_along_axis(cand, np.argsort(key, axis=1), axis=1)
-    return order
 
 
-def search_cost(n_gallery: int, lengths: Sequence[int], top_k: int | Sequence[int]) -> int:
-    """Bits compared per query by :func:`coarse_to_fine_search` (``n_gallery x bits`` for a full search)."""
-    lengths = [int(n) for n in lengths]
-    ks = _stage_ks(lengths, top_k)
-    return n_gallery * lengths[0] + sum(min(k, n_gallery) * n for n, k in zip(lengths[1:], ks, strict=True))
+search_cost = coarse_to_fine_cost  # bits compared per query (``n_gallery x bits`` for a full search)
 
 
 # -- the method ---------------------------------------------------------------------------------------

@@ -45,3 +45,29 @@ def test_every_committed_scale_row_names_a_recorded_cell():
             assert row["config_hash"] in records and row["commit"] and row["seed"] == cell["seed"]
             if row["distractors"] == "0":
                 assert abs(float(row["map"]) - float(cell["map"])) < 1e-3
+
+
+def test_every_committed_cascade_row_names_a_recorded_cell():
+    """A committed ``cascade.csv`` sits beside the rows of the cells it searched (``cells.csv``) and their
+    configurations; each cell's ``full`` search is its row's mAP, and a coarse-to-fine search compares
+    fewer bits."""
+    import csv
+
+    paths = sorted(RESULTS.rglob("cascade.csv"))
+    for path in paths:
+        records = read_configs(path.parent)
+        with open(path.parent / "cells.csv", newline="") as f:
+            cells = {(r["method"], r["bits"], r["config_hash"]): r for r in csv.DictReader(f)}
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows, f"{path}: empty"
+        for row in rows:
+            cell = cells.get((row["method"], row["bits"], row["config_hash"]))
+            assert cell is not None, f"{path}: no cells.csv row for {row['method']} @ {row['bits']}"
+            assert row["config_hash"] in records and row["commit"] and row["seed"] == cell["seed"]
+            full = int(row["n_gallery"]) * int(row["bits"])
+            if row["search"] == "full":
+                assert abs(float(row["map"]) - float(cell["map"])) < 1e-3
+                assert int(row["bits_compared"]) == full
+            else:
+                assert int(row["bits_compared"]) < full

@@ -47,7 +47,9 @@ def _fit(klass, bits, bench, **kw):
 def test_one_training_serves_every_length_in_either_order(synthetic_bench, monkeypatch):
     calls = []
     train = deep.DeepHashing._train
-    monkeypatch.setattr(deep.DeepHashing, "_train", lambda self, m, *a: (calls.append(len(m)), train(self, m, *a)))
+    monkeypatch.setattr(
+        deep.DeepHashing, "_train", lambda self, m, *a: (calls.append(len(m)), train(self, m, *a))
+    )
     deep._SHARED.clear()
     query = synthetic_bench.view("query", MAPS)
     a64 = _fit(DBH, 64, synthetic_bench, shared_top="32,64")
@@ -79,7 +81,9 @@ def test_members_keep_their_own_state(synthetic_bench):
     s64 = _fit(DeepSSH, 64, synthetic_bench, shared_top="32,64")
     s32 = _fit(DeepSSH, 32, synthetic_bench, shared_top="32,64")
     assert s32.segments_ != s64.segments_
-    assert s32.predict_attributes(s32.encode(synthetic_bench.view("query", MAPS))).shape[1] == len(s32.schema_)
+    assert s32.predict_attributes(s32.encode(synthetic_bench.view("query", MAPS))).shape[1] == len(
+        s32.schema_
+    )
     h = _fit(HashNetMethod, 64, synthetic_bench, shared_top="32,64")
     assert h.beta_ == pytest.approx(h.beta_end)
 

@@ -112,3 +112,11 @@ def test_run_option_sets_the_lengths_and_rows_say_so(tmp_path):
     assert {r["config"]["params"]["shared_top"] for r in records if r.get("method") == "dbh"} == {"16,32"}
     first, second = (float(r["train_s"]) for r in rows if r["method"] == "dbh")
     assert first > 10 * second  # the first cell trained the top, the second took its head
+    # the tables say so beside the numbers
+    from hashbench.report import write_report
+
+    write_report(config.out)
+    for name in ("table_map.md", "table_rank1.md", "table_cost.md"):
+        assert "*Shared top*: dbh (16,32 bits)" in (config.out / name).read_text(), name
+    note = [line for line in (config.out / "table_map.md").read_text().splitlines() if "Shared top" in line]
+    assert len(note) == 1 and "ide-float" not in note[0]  # the reference row trains no top

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -139,9 +140,16 @@ def _board_values(driver, column: int) -> list[str]:
 
 def test_leaderboard_in_a_browser_offline(site, browser, shots):
     browser.get((site / "index.html").as_uri())
-    heads = browser.execute_script(
-        "return [...document.querySelectorAll('table.board th')].map(t => t.textContent)"
-    )
+    # the board is built by the page's script: wait until its header row is there (a read right after
+    # the load once found it half built)
+    deadline = time.monotonic() + 15
+    while True:
+        heads = browser.execute_script(
+            "return [...document.querySelectorAll('table.board th')].map(t => t.textContent)"
+        )
+        if any(h.split()[:1] == ["2048"] for h in heads[1:]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     bits = [int(h.split()[0]) for h in heads[1:]]
     methods = _board_values(browser, 0)
     best = committed_best()

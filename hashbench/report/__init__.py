@@ -109,15 +109,20 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
     texts = []
+    shared_note = shared_top_note(df, results_dir, dataset)
     for metric in ("map", "rank1"):
         table = paper_tables(df, metric, dataset)
         published = load_paper(paper, metric) if paper is not None else None
         md = render(table, "markdown", paper=published)
+        if shared_note:
+            md = md.rstrip("\n") + "\n\n" + shared_note + "\n"
         texts.append(md)
         for name, text in ((f"table_{metric}.md", md), (f"table_{metric}.tex", render(table, "latex"))):
             (out / name).write_text(text, encoding="utf-8")
             report[name] = out / name
     md = render_costs(cost_table(df, dataset), cost_devices(df, dataset))
+    if shared_note:
+        md = md.rstrip("\n") + "\n\n" + shared_note + "\n"
     texts.append(md)
     (out / "table_cost.md").write_text(md, encoding="utf-8")
     report["table_cost.md"] = out / "table_cost.md"
@@ -145,6 +150,28 @@ def write_report(
         report["table_photo_description.md"] = out / "table_photo_description.md"
     report.markdown = "\n".join(texts)
     return report
+
+
+def shared_top_note(df, results_dir: Path, dataset: str | None = None) -> str:
+    """The line the mAP, rank-1 and cost tables carry when one of their rows was trained with a shared
+    top (``shared_top`` in its recorded configuration, :data:`hashbench.deep.SHARED_TOP`); else ``""``."""
+    from ..configs import read_configs
+
+    records = read_configs(results_dir)
+    shared: dict[str, str] = {}
+    for _, row in select_latest(df, dataset).iterrows():
+        record = records.get(str(row.get("config_hash", "")), {})
+        lengths = (record.get("config") or {}).get("params", {}).get("shared_top")
+        if lengths:
+            shared.setdefault(str(row["method"]), str(lengths))
+    if not shared:
+        return ""
+    which = "; ".join(f"{m} ({lengths} bits)" for m, lengths in shared.items())
+    return (
+        f"*Shared top*: {which}: one top trained once for all these lengths, a hash head per length "
+        "(`shared_top`, `hashbench run --shared-top`); its first cell's train s carries the training. "
+        "The other rows train each length alone."
+    )
 
 
 __all__ = [
@@ -194,5 +221,6 @@ __all__ = [
     "render_costs",
     "save_figure",
     "select_latest",
+    "shared_top_note",
     "write_report",
 ]

@@ -60,7 +60,6 @@ CASCADE_COLUMNS = (
     "device", "version", "commit", "date",
 )  # fmt: skip
 CASCADE_KEY = ("dataset", "method", "bits", "config_hash", "search", "lengths", "top_k", "backend")
-DEFAULT_TOP_K = "100,1000"
 DEFAULT_RATIO = 8  # CtF's shortest code: bits / 8 (levels=4)
 
 
@@ -114,12 +113,7 @@ def _best_ms(search, n_query: int, repeats: int):
 
 def cascade_cell(cell: Cell, config: CascadeConfig) -> list[dict]:
     """The rows of one cell: full, prefix alone, and coarse to fine at every top-k."""
-    cell.require(
-        "query_codes", "gallery_codes", "query_pids", "query_camids", "gallery_pids", "gallery_camids"
-    )
-    q, g, bits = cell.arrays["query_codes"], cell.arrays["gallery_codes"], cell.bits
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != bits // 8 or g.shape[1] != bits // 8:
-        raise HashbenchError(f"artifact {cell.path}: query/gallery codes are not packed {bits}-bit codes")
+    (q, g), bits = cell.packed_codes(), cell.bits
     backend, threads = _backend(config.backend), default_threads()
     short = bits // config.ratio
     nq, ng = len(q), len(g)

@@ -115,6 +115,22 @@ class Cell:
                 f"re-run the cell with `{self.hint()}` after removing its row from {self.results_dir / CSV_NAME}"
             )
 
+    def packed_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The packed query and gallery codes, checked to be of the cell's length (with the labels
+        that score a ranking of them)."""
+        self.require(
+            "query_codes", "gallery_codes", "query_pids", "query_camids", "gallery_pids", "gallery_camids"
+        )
+        q, g = self.arrays["query_codes"], self.arrays["gallery_codes"]
+        if q.ndim != 2 or g.ndim != 2 or q.dtype != np.uint8 or g.dtype != np.uint8:
+            raise HashbenchError(f"artifact {self.path}: query/gallery codes are not packed uint8 codes")
+        if q.shape[1] != g.shape[1] or q.shape[1] != self.bits // 8:
+            raise HashbenchError(
+                f"artifact {self.path}: query codes have {8 * q.shape[1]} bits, gallery codes "
+                f"{8 * g.shape[1]}, the cell {self.bits}: mismatched code lengths"
+            )
+        return q, g
+
     def codes(self, split: str) -> np.ndarray:
         """(N, bits) uint8 0/1 codes of ``split``."""
         self.require(f"{split}_codes")

@@ -375,13 +375,26 @@ def cmd_show(args) -> int:
     return 0
 
 
+def parse_cell_methods(text: str, example: str) -> list[str]:
+    """``--method a,b`` of a command over finished cells (``scale``, ``cascade``)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise HashbenchError(f"--method {text!r}: expected method names, e.g. {example}")
+    return methods
+
+
+def add_cell_arguments(s: argparse.ArgumentParser, method_help: str) -> None:
+    """RESULTS, ``--method`` and ``--bits`` of a command over finished cells (``scale``, ``cascade``)."""
+    s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
+    s.add_argument("--method", required=True, help=method_help)
+    s.add_argument("--bits", required=True, help="the cells' code lengths: 128,2048, 128-2048 or 512")
+
+
 def cmd_scale(args) -> int:
     from .scale import DEFAULT_DISTRACTORS, ScaleConfig, parse_distractors, run_scale
 
     bits = parse_bits(args.bits)
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    if not methods:
-        raise HashbenchError(f"--method {args.method!r}: expected method names, e.g. deepssh,sdh")
+    methods = parse_cell_methods(args.method, "deepssh,sdh")
     sizes = parse_distractors(args.distractors or DEFAULT_DISTRACTORS)
     if args.k < 1:
         raise HashbenchError(f"--k {args.k}: expected a positive number of neighbours")
@@ -447,9 +460,7 @@ def cmd_scale(args) -> int:
 def cmd_cascade(args) -> int:
     from .cascade import TABLE_NAME, CascadeConfig, parse_top_ks, run_cascade, table_cascade
 
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    if not methods:
-        raise HashbenchError(f"--method {args.method!r}: expected method names, e.g. ctf,dbh")
+    methods = parse_cell_methods(args.method, "ctf,dbh")
     if args.out:
         check_writable_dir(args.out, "--out")
     frame = run_cascade(
@@ -725,11 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scale",
         help="grow cells' galleries with distractor codes of their own methods: mAP and top-k search time",
     )
-    s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
-    s.add_argument(
-        "--method", required=True, help="the cells' methods, comma-separated (one pass over the distractors)"
-    )
-    s.add_argument("--bits", required=True, help="the cells' code lengths: 128,2048, 128-2048 or 512")
+    add_cell_arguments(s, "the cells' methods, comma-separated (one pass over the distractors)")
     s.add_argument(
         "--distractors",
         default="0,100k,300k,1M",
@@ -777,9 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cascade",
         help="coarse-to-fine search of finished cells: a prefix ranks the gallery, the full code re-ranks its top k",
     )
-    s.add_argument("results", help="results directory (with results.csv and the cells/ artifacts)")
-    s.add_argument("--method", required=True, help="the cells' methods, comma-separated (e.g. ctf,dbh)")
-    s.add_argument("--bits", required=True, help="the cells' code lengths: 128,2048, 128-2048 or 512")
+    add_cell_arguments(s, "the cells' methods, comma-separated (e.g. ctf,dbh)")
     s.add_argument(
         "--top-k",
         default="100,1000",

@@ -495,23 +495,6 @@ def check_sizes(sizes: Sequence[int], n_gallery: int, k: int) -> None:
         )
 
 
-def check_cell_codes(cell: Cell) -> tuple[np.ndarray, np.ndarray]:
-    """The cell's packed query and gallery codes, checked to be of its length."""
-    cell.require(
-        "query_codes", "gallery_codes", "query_pids", "query_camids", "gallery_pids", "gallery_camids"
-    )
-    q, g = cell.arrays["query_codes"], cell.arrays["gallery_codes"]
-    width = cell.bits // 8
-    if q.ndim != 2 or g.ndim != 2 or q.dtype != np.uint8 or g.dtype != np.uint8:
-        raise HashbenchError(f"artifact {cell.path}: query/gallery codes are not packed uint8 codes")
-    if q.shape[1] != g.shape[1] or q.shape[1] != width:
-        raise HashbenchError(
-            f"artifact {cell.path}: query codes have {8 * q.shape[1]} bits, gallery codes {8 * g.shape[1]}, "
-            f"the cell {cell.bits}: mismatched code lengths"
-        )
-    return q, g
-
-
 def folded_embedding(ide, device) -> Callable[[np.ndarray], np.ndarray]:
     """maps -> adapted features through the IDE model with its top's BatchNorm folded and channels-last
     (:func:`hashbench.deep.fused_for_inference`, as the deep methods encode): about twice as fast as
@@ -630,7 +613,7 @@ def _cells(config: ScaleConfig, sizes: Sequence[int]) -> list[tuple[Cell, np.nda
     for method in dict.fromkeys(config.methods):
         for bits in dict.fromkeys(int(b) for b in config.bits):
             cell = load_cell(Path(config.results), method, bits)
-            q, g = check_cell_codes(cell)
+            q, g = cell.packed_codes()
             check_sizes(sizes, len(g), config.k)
             backends = parse_backends("auto" if config.backends is None else ",".join(config.backends), bits)
             out.append((cell, q, g, backends))

@@ -114,15 +114,13 @@ def write_report(
         table = paper_tables(df, metric, dataset)
         published = load_paper(paper, metric) if paper is not None else None
         md = render(table, "markdown", paper=published)
-        if shared_note:
-            md = md.rstrip("\n") + "\n\n" + shared_note + "\n"
+        md = _with_note(md, shared_note)
         texts.append(md)
         for name, text in ((f"table_{metric}.md", md), (f"table_{metric}.tex", render(table, "latex"))):
             (out / name).write_text(text, encoding="utf-8")
             report[name] = out / name
     md = render_costs(cost_table(df, dataset), cost_devices(df, dataset))
-    if shared_note:
-        md = md.rstrip("\n") + "\n\n" + shared_note + "\n"
+    md = _with_note(md, shared_note)
     texts.append(md)
     (out / "table_cost.md").write_text(md, encoding="utf-8")
     report["table_cost.md"] = out / "table_cost.md"
@@ -150,6 +148,11 @@ def write_report(
         report["table_photo_description.md"] = out / "table_photo_description.md"
     report.markdown = "\n".join(texts)
     return report
+
+
+def _with_note(md: str, note: str) -> str:
+    """A Markdown table's text with ``note`` as its last paragraph (unchanged when ``note`` is empty)."""
+    return md.rstrip("\n") + "\n\n" + note + "\n" if note else md
 
 
 def shared_top_note(df, results_dir: Path, dataset: str | None = None) -> str:

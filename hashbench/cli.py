@@ -548,11 +548,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="deep methods: train the top blocks on cached trunk maps (default), or the whole backbone "
         "from pixels (meant for a CUDA device)",
     )
-    s.add_argument(
+    share = s.add_mutually_exclusive_group()
+    share.add_argument(
         "--shared-top",
-        action="store_true",
-        help="deep methods: train one top with a hash head per --bits length and take every length's codes "
-        "from it (about one length's training for all; the cells' configurations say so)",
+        dest="shared_top",
+        action="store_const",
+        const=True,
+        default=None,
+        help="every deep method: train one top with a hash head per --bits length and take every length's "
+        "codes from it (about one length's training for all; the cells' configurations say so). Default: "
+        "only the methods that choose it (DeepSSH, chosen on held-out ids), when --bits has 2+ lengths",
+    )
+    share.add_argument(
+        "--no-shared-top",
+        dest="shared_top",
+        action="store_const",
+        const=False,
+        help="no deep method shares its top: every length of every method trained alone",
     )
     s.add_argument(
         "--holdout",

@@ -347,7 +347,10 @@ then takes its own head, so its codes are those of its length's head on the shar
 cell's ``train_s`` carries the whole training, the others' almost nothing. A cell stays a pure
 function of its configuration (the lengths are in it, so its hash differs from a cell trained alone):
 a resumed run or another process trains the same group again, to the same weights. ``hashbench run
---shared-top`` sets it to the run's ``--bits`` for every deep method that takes it."""
+--shared-top`` sets it to the run's ``--bits`` for every deep method that takes it; without the flag
+the runner sets it only for a method whose class says ``shared_top_default = True`` (DeepSSH), and only
+when ``--bits`` has two or more lengths; ``--no-shared-top`` sets it for none. A ``--param
+M.shared_top=...`` (empty: off) wins over all three."""
 
 _SHARED: dict[str, dict[int, Any]] = {}  # the last group trained in this process: key -> {bits: member}
 
@@ -455,7 +458,10 @@ class DeepHashing(HashMethod):
       held-out identities); the base keeps ``"imagenet"`` for a subclass that passes nothing.
     - ``shared_top`` (keyword, default ``""``): several code lengths from one trained top, an explicit
       option (see :data:`SHARED_TOP`). A subclass that lists it in its ``__init__`` makes it a
-      ``--param`` and lets ``--shared-top`` set it; left out of :meth:`get_params` when off.
+      ``--param`` and lets ``--shared-top`` set it; left out of :meth:`get_params` when off. A subclass
+      that sets the class attribute ``shared_top_default = True`` gets it from the runner by default,
+      whenever a run's ``--bits`` has two or more lengths (DeepSSH, chosen on held-out identities);
+      ``--no-shared-top`` or ``--param M.shared_top=`` turns it off.
 
     Fitted attributes: ``model_`` (the :class:`HashNet`), ``history_`` (the per-epoch log) and what
     :meth:`rebuild` needs to build the network again when a saved method is restored: ``n_ids_``,
@@ -466,6 +472,7 @@ class DeepHashing(HashMethod):
     supervised = True
     sampler: ClassVar[str] = "pk"  # the batches of an epoch, one of SAMPLERS (see the module docstring)
     run_options: ClassVar[frozenset[str]] = frozenset({"finetune"})  # the runner's --finetune
+    shared_top_default: ClassVar[bool] = False  # the runner shares the top across --bits (SHARED_TOP)
     regions: Sequence[tuple[float, float]] = WHOLE
     region_mode: str = "crop"
     momentum: ClassVar[float] = 0.9

@@ -74,7 +74,10 @@ class RunConfig:
     reference: bool = True
     progress: bool = True
     finetune: str = "top"  # deep methods: "top" (cached trunk maps) or "full" (whole backbone from pixels)
-    shared_top: bool = False  # deep methods: all of --bits from one trained top (hashbench.deep.SHARED_TOP)
+    # deep methods: all of --bits from one trained top (hashbench.deep.SHARED_TOP): True for every deep
+    # method (--shared-top), False for none (--no-shared-top), None: the methods' own default
+    # (``shared_top_default``: DeepSSH), for a --bits of two or more lengths
+    shared_top: bool | None = None
     holdout: int = 0  # > 0: validation run; that many training ids become query/gallery, test split unused
     holdout_distractors: int = 0  # validation run: that many more training ids in its gallery only
     attribute_queries: bool = True  # search by description per cell (datasets with attributes)
@@ -129,15 +132,27 @@ def seed_everything(seed: int) -> None:
 
 def make_method(klass: type[HashMethod], bits: int, config: RunConfig) -> HashMethod:
     """Instantiate a method for a cell: the user's ``--param`` values, then the run-level options the
-    method declares in ``run_options`` (``finetune``) where the user gave none."""
+    method declares in ``run_options`` (``finetune``) and ``shared_top`` (:data:`~hashbench.deep.SHARED_TOP`) where the
+    user gave none."""
     params = dict(config.method_params.get(klass.name, {}))
     run_level = {"finetune": config.finetune}
     for option in getattr(klass, "run_options", frozenset()):
         if option in run_level:
             params.setdefault(option, run_level[option])
-    if config.shared_top and "shared_top" in inspect.signature(klass.__init__).parameters:
-        params.setdefault("shared_top", ",".join(map(str, sorted(config.bits))))  # --shared-top
+    if shares_top(klass, config):
+        params.setdefault("shared_top", ",".join(map(str, sorted(set(config.bits)))))
     return klass(bits=bits, seed=config.seed, **params)
+
+
+def shares_top(klass: type[HashMethod], config: RunConfig) -> bool:
+    """Whether the runner gives ``klass`` a shared top over the run's ``--bits``: ``--shared-top`` for
+    every method that takes ``shared_top``, ``--no-shared-top`` for none, else the class's
+    ``shared_top_default`` when ``--bits`` has two or more lengths (a ``--param`` wins over all)."""
+    if "shared_top" not in inspect.signature(klass.__init__).parameters:
+        return False
+    if config.shared_top is not None:
+        return bool(config.shared_top)
+    return bool(getattr(klass, "shared_top_default", False)) and len(set(config.bits)) >= 2
 
 
 def check_method_params(methods: Sequence[str], registry: Registry, params: dict[str, dict]) -> None:

@@ -109,6 +109,16 @@ Choices beyond the paper (documented hyperparameters)
   three points were tried. ``attr_balance=0`` leaves the parameter out of the configuration, as before it
   existed.
 
+- ``shared_top`` on by default in a run (``shared_top_default = True``; :data:`hashbench.deep.SHARED_TOP`):
+  when ``hashbench run --bits`` has two or more lengths, one top is trained with a hash head per
+  length and every length's cell takes its own head's codes. On held-out identities (``--holdout 151
+  --holdout-distractors 100``, 3 warm epochs) it raised DeepSSH's mAP at 128 / 256 / 512 / 1024 / 2048
+  bits from 45.78 / 51.79 / 54.07 / 55.23 / 56.73 (each length alone) to 50.84 / 56.61 / 59.51 / 61.19
+  / 62.30, at 1.73 instead of 4.52 cell-minutes for the five cells; full-description rank-1 did not
+  fall (``results/market1501/validation/shared-top/``). The same test on DBH and PDH lost 1.1 to 7.6
+  points, so they keep one top per length. ``--no-shared-top`` or ``--param deepssh.shared_top=``
+  trains each length alone; a constructed ``DeepSSH(bits)`` (one cell, nothing to share) has it off.
+
 The figures behind these choices (held-out and synthetic) are in
 ``results/market1501/validation/deepssh.md``.
 """
@@ -289,6 +299,7 @@ class DeepSSH(DeepHashing):
         "segments, triplet, float-teacher distillation"
     )
     consumes = frozenset({"maps", "attributes"})
+    shared_top_default = True  # the runner trains all of --bits from one top (module docstring)
 
     def __init__(
         self,

@@ -120,3 +120,27 @@ def test_run_option_sets_the_lengths_and_rows_say_so(tmp_path):
         assert "*Shared top*: dbh (16,32 bits)" in (config.out / name).read_text(), name
     note = [line for line in (config.out / "table_map.md").read_text().splitlines() if "Shared top" in line]
     assert len(note) == 1 and "ide-float" not in note[0]  # the reference row trains no top
+
+
+def test_the_runner_shares_deepssh_top_by_default_and_no_other(tmp_path):
+    from hashbench.cli import build_parser
+    from hashbench.pipeline import make_method
+
+    def shared(klass, bits=(16, 32), **kw):
+        config = tiny_run_config(tmp_path, methods=[klass.name], bits=list(bits), **kw)
+        return make_method(klass, bits[0], config).get_params().get("shared_top", "")
+
+    assert DeepSSH.shared_top_default and not DBH.shared_top_default
+    assert shared(DeepSSH) == "16,32" and shared(DBH) == ""  # the default: DeepSSH's choice only
+    assert shared(DeepSSH, bits=(32,)) == ""  # one length: nothing to share
+    assert shared(DeepSSH, shared_top=False) == "" and shared(DBH, shared_top=True) == "16,32"
+    assert shared(DeepSSH, method_params={"deepssh": {"shared_top": ""}}) == ""  # a --param wins
+    assert DeepSSH(bits=32).get_params().get("shared_top") is None  # one constructed cell: off
+
+    parser = build_parser()
+    base = ["run", "--methods", "deepssh"]
+    assert parser.parse_args(base).shared_top is None
+    assert parser.parse_args(base + ["--shared-top"]).shared_top is True
+    assert parser.parse_args(base + ["--no-shared-top"]).shared_top is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--shared-top", "--no-shared-top"])

@@ -172,7 +172,8 @@ def shared_top_note(df, results_dir: Path, dataset: str | None = None) -> str:
     which = "; ".join(f"{m} ({lengths} bits)" for m, lengths in shared.items())
     return (
         f"*Shared top*: {which}: one top trained once for all these lengths, a hash head per length "
-        "(`shared_top`, `hashbench run --shared-top`); its first cell's train s carries the training. "
+        "(`shared_top`: DeepSSH's default, `hashbench run --shared-top` for every deep method); its first "
+        "cell's train s carries the training. "
         "The other rows train each length alone."
     )
 

@@ -69,3 +69,37 @@ def test_every_committed_cascade_row_names_a_recorded_cell():
                 assert int(row["bits_compared"]) == full
             else:
                 assert int(row["bits_compared"]) < full
+
+
+def test_the_committed_market_table_is_one_clean_run_at_the_current_defaults():
+    """``results/market1501/results.csv`` is one run of one clean commit on one machine, and every cell's
+    recorded hyperparameters are what the runner gives that method at that length today: a change of
+    a default (DeepSSH's shared top, an epoch count) without a re-run of the table fails here."""
+    import json
+
+    from hashbench.pipeline import RunConfig, make_method
+    from hashbench.registry import Registry
+
+    folder = RESULTS / "market1501"
+    rows = csv_rows(folder)
+    commits = {r["commit"] for r in rows}
+    assert len(commits) == 1 and "+dirty" not in next(iter(commits)), commits
+    assert len({r["device"] for r in rows}) == 1 and len({r["seed"] for r in rows}) == 1
+    registry, records = Registry.load(), read_configs(folder)
+    cells = [r for r in rows if r["bits"]]
+    config = RunConfig(
+        dataset="market1501",
+        methods=sorted({r["method"] for r in cells}),
+        bits=sorted({int(r["bits"]) for r in cells}),
+        seed=int(rows[0]["seed"]),
+    )
+    for row in cells:
+        method = make_method(registry.method(row["method"]), int(row["bits"]), config)
+        recorded = records[row["config_hash"]]["config"]["params"]
+        assert json.loads(json.dumps(method.get_params())) == recorded, f"{row['method']} @ {row['bits']}"
+    shared = {
+        records[r["config_hash"]]["config"]["params"].get("shared_top")
+        for r in cells
+        if r["method"] == "deepssh"
+    }
+    assert shared == {",".join(str(b) for b in config.bits)}  # DeepSSH's default: one top for all lengths

@@ -391,7 +391,15 @@ def add_cell_arguments(s: argparse.ArgumentParser, method_help: str) -> None:
 
 
 def cmd_scale(args) -> int:
-    from .scale import DEFAULT_DISTRACTORS, ScaleConfig, parse_distractors, run_scale
+    from .scale import (
+        DEFAULT_DISTRACTORS,
+        MAP_PNG,
+        QUERY_PNG,
+        SCALE_NAME,
+        ScaleConfig,
+        parse_distractors,
+        run_scale,
+    )
 
     bits = parse_bits(args.bits)
     methods = parse_cell_methods(args.method, "deepssh,sdh")
@@ -452,17 +460,18 @@ def cmd_scale(args) -> int:
         "memory_bytes",
     ]
     print(tabulate(frame[cols].values.tolist(), headers=cols, tablefmt="github", floatfmt=".3f"))
-    out = Path(args.out) if args.out else Path(args.results)
-    print(f"\nwritten: {out / 'scale.csv'}, {out / 'scale_map.png'}, {out / 'scale_query_ms.png'}")
+    out = Path(args.out or args.results)
+    print(f"\nwritten: {out / SCALE_NAME}, {out / MAP_PNG}, {out / QUERY_PNG}")
     return 0
 
 
 def cmd_cascade(args) -> int:
-    from .cascade import TABLE_NAME, CascadeConfig, parse_top_ks, run_cascade, table_cascade
+    from .cascade import CASCADE_NAME, TABLE_NAME, CascadeConfig, parse_top_ks, run_cascade, table_cascade
 
     methods = parse_cell_methods(args.method, "ctf,dbh")
     if args.out:
         check_writable_dir(args.out, "--out")
+    out = Path(args.out or args.results)
     frame = run_cascade(
         CascadeConfig(
             results=Path(args.results),
@@ -472,12 +481,11 @@ def cmd_cascade(args) -> int:
             ratio=args.ratio,
             backend=args.backend,
             repeats=args.repeats,
-            out=Path(args.out) if args.out else None,
+            out=out,
         )
     )
     print(table_cascade(frame))
-    out = Path(args.out) if args.out else Path(args.results)
-    print(f"written: {out / 'cascade.csv'}, {out / TABLE_NAME}")
+    print(f"written: {out / CASCADE_NAME}, {out / TABLE_NAME}")
     return 0
 
 

@@ -132,8 +132,8 @@ def seed_everything(seed: int) -> None:
 
 def make_method(klass: type[HashMethod], bits: int, config: RunConfig) -> HashMethod:
     """Instantiate a method for a cell: the user's ``--param`` values, then the run-level options the
-    method declares in ``run_options`` (``finetune``) and ``shared_top`` (:data:`~hashbench.deep.SHARED_TOP`) where the
-    user gave none."""
+    method declares in ``run_options`` (``finetune``) and ``shared_top`` (:func:`shares_top`,
+    :data:`~hashbench.deep.SHARED_TOP`) where the user gave none."""
     params = dict(config.method_params.get(klass.name, {}))
     run_level = {"finetune": config.finetune}
     for option in getattr(klass, "run_options", frozenset()):

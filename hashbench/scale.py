@@ -706,6 +706,7 @@ def run_scale(config: ScaleConfig) -> pd.DataFrame:
                     cell, pipe, seed, ide_digest if "features" in method.consumes else None, config.engine
                 )
                 store = DistractorCodes(pipe.cache_root, key, cell.bits // 8)
+                log.info("%s @ %d bits: distractor codes kept in %s", cell.method, cell.bits, store.folder)
             targets.append(Target(method, store))
         n_groups = len(cells[0][0].schema) if cells[0][0].schema is not None else 0
         t0 = time.perf_counter()

@@ -6,8 +6,8 @@ probe; README, "Large galleries").
         --distractor-codes <cache>/distractors/<key> [--distractors 1000000] [--clusters 1024,8192]
 
 RESULTS: the finished run whose cell ``hashbench scale`` grew; ``--distractor-codes``: that cell's
-distractor codes as ``hashbench scale`` keeps them (``block-<b>.npy``; the folder whose block count
-covers ``--distractors``). The gallery is the cell's test gallery followed by the first
+distractor codes as ``hashbench scale`` keeps them (``block-<b>.npy``; the folder its log line
+"distractor codes kept in ..." names, with blocks covering ``--distractors``). The gallery is the cell's test gallery followed by the first
 ``--distractors`` distractor codes, the queries 500 evenly spaced test queries, as in ``scale.csv``.
 
 For each query the true distance ``d_k`` of its 100th neighbour is taken from faiss's exact scan (an

@@ -2,6 +2,7 @@
 scale.csv rows and plots, determinism, one-line errors."""
 
 import csv
+import logging
 import shutil
 
 import numpy as np
@@ -199,13 +200,16 @@ def test_distractor_codes_are_cached_and_a_killed_pass_resumes(small_blocks, tmp
 # ------------------------------------------------------------------------------------ end to end
 
 
-def test_scale_end_to_end_writes_rows_and_plots(finished, capsys):
+def test_scale_end_to_end_writes_rows_and_plots(finished, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="hashbench")
     res = finished / "res"
     code, out, err = cli(
         capsys, "scale", res, "--method", "dbh", "--bits", "32", "--distractors", "300,0,2k",
         "--backend", "flat,mih", "--cache-dir", finished / "cache", "--no-progress",
     )  # fmt: skip
     assert code == 0, err
+    # where the distractor codes are kept is said (scripts/probe_exact_bounds.py reads them there)
+    assert f"dbh @ 32 bits: distractor codes kept in {finished / 'cache' / 'distractors'}" in caplog.text
     rows = scale_rows(res)
     assert list(rows[0]) == list(SCALE_COLUMNS)
     assert [(r["distractors"], r["backend"]) for r in rows] == [

@@ -56,6 +56,15 @@ def table_from_splits(schema, pids: Sequence[np.ndarray], values: Sequence[np.nd
     return AttributeTable(schema, ids, v[keep][first])
 
 
+def cell_table(cell) -> AttributeTable:
+    """The identity table of a finished cell's artifact (:class:`hashbench.cells.Cell`): the attributes
+    of every split it holds."""
+    splits = [s for s in ("train", "query", "gallery") if f"{s}_attributes" in cell.arrays]
+    return table_from_splits(
+        cell.schema, [cell.arrays[f"{s}_pids"] for s in splits], [cell.attributes(s) for s in splits]
+    )
+
+
 def describe_cell(
     decoders: Sequence[Decoder],
     cell: CellCodes,
@@ -199,10 +208,7 @@ def describe_results(
         schema = cell.schema
         if schema is None or len(schema) == 0:
             raise HashbenchError(f"artifact {cell.path}: the dataset has no attribute schema")
-        splits = [s for s in ("train", "query", "gallery") if f"{s}_attributes" in cell.arrays]
-        table = table_from_splits(
-            schema, [cell.arrays[f"{s}_pids"] for s in splits], [cell.attributes(s) for s in splits]
-        )
+        table = cell_table(cell)
         has_query = all(
             k in cell.arrays for k in ("query_codes", "query_pids", "query_camids", "gallery_camids")
         )

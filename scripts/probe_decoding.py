@@ -43,15 +43,12 @@ def main() -> None:
 
     from hashbench.cells import load_cell, read_rows
     from hashbench.decoders import LogisticDecoder, group_log_softmax
-    from hashbench.describe import table_from_splits
+    from hashbench.describe import cell_table
     from hashbench.semantic import evaluate_attribute_queries, evaluate_oracle
 
     cell = load_cell(args.results, args.method, args.bits, read_rows(args.results))
     schema = cell.schema
-    splits = [s for s in ("train", "query", "gallery") if f"{s}_attributes" in cell.arrays]
-    table = table_from_splits(
-        schema, [cell.arrays[f"{s}_pids"] for s in splits], [cell.attributes(s) for s in splits]
-    )
+    table = cell_table(cell)
     gallery, pids = cell.codes("gallery"), cell.arrays["gallery_pids"]
     ns = [int(n) for n in args.n.split(",")]
     searched = pids > 0  # what evaluate_attribute_queries searches (annotated test identities)
@@ -75,7 +72,7 @@ def main() -> None:
         variants.append((f"log(p + {eps})", evaluate(np.log(np.exp(L) + eps))))
     for t in (2.0, 4.0):
         variants.append((f"temperature {t:g}", evaluate(group_log_softmax(L / t, decoder.offsets_))))
-    packed = np.ascontiguousarray(np.packbits(gallery[searched], axis=1))
+    packed = np.ascontiguousarray(cell.packed_codes()[1][searched])
     index = faiss.IndexBinaryFlat(args.bits)
     index.add(packed)
     _, near = index.search(packed, 32)

@@ -47,19 +47,23 @@ def main() -> None:
     import faiss
 
     from hashbench.cells import load_cell, read_rows
+    from hashbench.scale import BLOCK, DistractorCodes
 
     cell = load_cell(args.results, args.method, args.bits, read_rows(args.results))
-    blocks, have, b = [], 0, 0
-    while have < args.distractors:
-        path = args.distractor_codes / f"block-{b}.npy"
-        if not path.exists():
-            raise SystemExit(f"{path}: missing; the folder holds {have} distractor codes")
-        blocks.append(np.load(path))
-        have += len(blocks[-1])
-        b += 1
-    gallery = np.packbits(cell.codes("gallery"), axis=1)
-    codes = np.ascontiguousarray(np.concatenate([gallery, *blocks])[: len(gallery) + args.distractors])
-    query = np.packbits(cell.codes("query"), axis=1)
+    query, gallery = cell.packed_codes()
+    folder = args.distractor_codes.resolve()  # <cache>/distractors/<key>
+    store = DistractorCodes(folder.parent.parent, folder.name, gallery.shape[1])
+    blocks, have = [], 0
+    for b in range(-(-args.distractors // BLOCK)):
+        want = min(BLOCK, args.distractors - have)
+        codes, _ = store.read(b, want)
+        if len(codes) < want:
+            raise SystemExit(
+                f"{folder}: block {b} missing or damaged; the folder holds {have} distractor codes"
+            )
+        blocks.append(codes)
+        have += len(codes)
+    codes = np.ascontiguousarray(np.concatenate([gallery, *blocks]))
     q = np.ascontiguousarray(query[np.linspace(0, len(query) - 1, args.queries).astype(int)])
     n = len(codes)
     t0 = time.perf_counter()

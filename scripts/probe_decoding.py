@@ -22,8 +22,8 @@ queries, seed and ties as the committed rows):
 What limits it (the rows below the rules):
 
 * ``identity mean``: each image's ``L`` replaced by the mean over the gallery images of its *true*
-  identity, a perfect clustering that no searcher has: the ceiling of every ranking that pools these
-  posteriors over the gallery (a ceiling, never a method);
+  identity, a perfect clustering that no searcher has: what pooling over the gallery (``knn``) aims
+  at, though not a strict bound on it (never a method);
 * ``ranking decoder``: per-value scores ``s(code)`` (linear, or a one-hidden-layer MLP) trained on the
   training codes for the joint description itself: for each training image a description (its own
   values, all groups half the time, else a random subset), a softmax over the images of the batch whose
@@ -115,7 +115,7 @@ def main() -> None:
     for p in np.unique(pids[searched]):
         mine = pids[searched] == p
         pooled[mine] = L[mine].mean(0)
-    variants.append(("identity mean (true gallery identities: a ceiling)", evaluate(pooled)))
+    variants.append(("identity mean (true gallery identities)", evaluate(pooled)))
     accs[variants[-1][0]] = accuracy(pooled)
     train_codes, train_attributes = cell.codes("train"), cell.attributes("train")
     for hidden in (0, 512):

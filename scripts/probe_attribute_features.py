@@ -45,7 +45,7 @@ def main() -> None:
 
     from hashbench.backbones.mobilenetv2 import MobileNetV2
     from hashbench.cells import load_cell, read_rows
-    from hashbench.ide import _build_model
+    from hashbench.ide import load_ide_model
 
     def first_cell(folder: Path):  # the first hashing cell (a reference row has no codes)
         rows = read_rows(folder)
@@ -63,7 +63,11 @@ def main() -> None:
         f"{len(np.unique(pids[~fitted]))} ids ({(~fitted).sum()} images)\n"
     )
 
-    model, _ = _build_model(args.ide / "model.pt", MobileNetV2(), args.cut, "cpu")
+    ide = args.ide.expanduser().resolve()  # <cache root>/ide/<key>: loaded (and verified) as a run does
+    loaded = load_ide_model(ide.parent.parent, ide.name, MobileNetV2(), args.cut, "cpu")
+    if loaded is None:
+        raise SystemExit(f"{args.ide}: no verified IDE model (model.pt) there")
+    model = loaded[0]
 
     def pooled(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         h = x.shape[2]

@@ -72,7 +72,8 @@ def main() -> None:
     ns = [int(n) for n in args.n.split(",")]
     searched = pids > 0  # what evaluate_attribute_queries searches (annotated test identities)
 
-    decoder = LogisticDecoder(schema).fit(cell.codes("train"), cell.attributes("train"))
+    train_codes, train_attributes = cell.codes("train"), cell.attributes("train")
+    decoder = LogisticDecoder(schema).fit(train_codes, train_attributes)
     L = decoder.value_scores(gallery[searched])
 
     def evaluate(scores: np.ndarray | None, codes=gallery, ids=pids) -> list[tuple[float, float]]:
@@ -117,7 +118,6 @@ def main() -> None:
         pooled[mine] = L[mine].mean(0)
     variants.append(("identity mean (true gallery identities)", evaluate(pooled)))
     accs[variants[-1][0]] = accuracy(pooled)
-    train_codes, train_attributes = cell.codes("train"), cell.attributes("train")
     for hidden in (0, 512):
         scores = ranking_decoder(
             train_codes, train_attributes, gallery[searched], decoder.offsets_, hidden, args.seed
@@ -197,7 +197,8 @@ def ranking_decoder(
 
 
 def float_logistic(folder: Path, attributes: np.ndarray, searched: np.ndarray, decoder, n_gallery: int):
-    """The ``logistic`` decoder's per-group regressions on standardised float features (gallery x V)."""
+    """Log-posteriors (gallery x V) of per-group L2 logistic regressions (``C=0.001``) on standardised
+    float features: the ``logistic`` decoder's model on features instead of bits."""
     from sklearn.linear_model import LogisticRegression
 
     train, gallery = np.load(folder / "train.npy"), np.load(folder / "gallery.npy")
